@@ -53,15 +53,23 @@ def time_train_step(model, ids, repeats) -> list[float]:
 def time_generation(model, ids, new_tokens) -> float:
     model.eval()
     start = time.perf_counter()
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                         min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=0,
+    )
     elapsed = time.perf_counter() - start
     assert out.shape[1] == ids.shape[1] + new_tokens
     return ids.shape[0] * new_tokens / elapsed
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
@@ -73,34 +81,40 @@ def main() -> None:
     parser.add_argument("--prompt-length", type=int, default=512)
     args = parser.parse_args()
     models = build_models(args)
-    print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, hidden={args.hidden}, "
-          f"layers={args.layers}, heads={args.heads}, vocab={args.vocab}, batch={args.batch}")
+    print(
+        f"torch {torch.__version__}, threads={torch.get_num_threads()}, hidden={args.hidden}, "
+        f"layers={args.layers}, heads={args.heads}, vocab={args.vocab}, batch={args.batch}"
+    )
 
     print("\n| train step (fwd+bwd) | T | median s | vs eta=0 | vs GPT-2 |\n|---|---|---|---|---|")
     for length in args.lengths:
         ids = torch.randint(0, args.vocab, (args.batch, length))
         samples = {name: [] for name in models}
-        for name, model in models.items():  # warm-up
+        for model in models.values():  # warm-up
             time_train_step(model, ids, 1)
         for _ in range(args.rounds):  # interleaved so drift hits every variant alike
             for name, model in models.items():
                 samples[name] += time_train_step(model, ids, 1)
         medians = {name: statistics.median(times) for name, times in samples.items()}
         for name, value in medians.items():
-            print(f"| {name} | {length} | {value:.4f} | {value / medians['momentum_gpt(eta=0)']:.3f}x "
-                  f"| {value / medians['gpt2']:.3f}x |")
+            print(
+                f"| {name} | {length} | {value:.4f} | {value / medians['momentum_gpt(eta=0)']:.3f}x "
+                f"| {value / medians['gpt2']:.3f}x |"
+            )
 
     print("\n| cached generation | prompt | new tokens | tokens/s | vs GPT-2 |\n|---|---|---|---|---|")
     ids = torch.randint(1, args.vocab, (args.batch, args.prompt_length))
     rates = {name: [] for name in models}
-    for name, model in models.items():
+    for model in models.values():
         time_generation(model, ids[:, :32], 4)  # warm-up
     for _ in range(max(3, args.rounds // 2)):
         for name, model in models.items():
             rates[name].append(time_generation(model, ids, args.new_tokens))
     medians = {name: statistics.median(r) for name, r in rates.items()}
     for name, value in medians.items():
-        print(f"| {name} | {args.prompt_length} | {args.new_tokens} | {value:.1f} | {value / medians['gpt2']:.3f}x |")
+        print(
+            f"| {name} | {args.prompt_length} | {args.new_tokens} | {value:.1f} | {value / medians['gpt2']:.3f}x |"
+        )
 
 
 if __name__ == "__main__":

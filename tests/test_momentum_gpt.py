@@ -129,7 +129,12 @@ def test_lm_head_is_tied_and_not_saved(tmp_path):
 def test_eta_zero_equals_gpt2_both_ways(attn_implementation):
     torch.manual_seed(4)
     gpt2_config = GPT2Config(
-        vocab_size=97, n_positions=128, n_embd=32, n_layer=3, n_head=4, attn_implementation=attn_implementation
+        vocab_size=97,
+        n_positions=128,
+        n_embd=32,
+        n_layer=3,
+        n_head=4,
+        attn_implementation=attn_implementation,
     )
     gpt2 = GPT2LMHeadModel(gpt2_config).eval()
     ids = torch.randint(0, 97, (2, 40))
@@ -227,7 +232,11 @@ def test_generate_left_padded_batch_equals_single_rows():
     batched = model.generate(ids, attention_mask=mask, max_new_tokens=10, min_new_tokens=10, do_sample=False)
     for i, row in enumerate(rows):
         single = model.generate(
-            row[None], attention_mask=torch.ones(1, len(row)), max_new_tokens=10, min_new_tokens=10, do_sample=False
+            row[None],
+            attention_mask=torch.ones(1, len(row)),
+            max_new_tokens=10,
+            min_new_tokens=10,
+            do_sample=False,
         )
         assert torch.equal(batched[i, 12:], single[0, len(row) :])
 
@@ -251,7 +260,9 @@ def test_auto_classes_and_save_load_round_trip(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == "momentum_gpt"
     assert set(config["auto_map"]) >= {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
-    assert (tmp_path / "modeling_momentum_gpt.py").is_file() and (tmp_path / "configuration_momentum_gpt.py").is_file()
+    assert (tmp_path / "modeling_momentum_gpt.py").is_file() and (
+        tmp_path / "configuration_momentum_gpt.py"
+    ).is_file()
 
     assert isinstance(AutoConfig.from_pretrained(tmp_path), MomentumGPTConfig)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
@@ -267,7 +278,9 @@ def test_remote_code_load_without_the_plugin(tmp_path):
     model = tiny_model()
     model.save_pretrained(tmp_path / "ckpt")
     ids = torch.randint(3, 97, (2, 30))
-    save_file({"ids": ids, "logits": model(ids).logits.detach().contiguous()}, tmp_path / "expected.safetensors")
+    save_file(
+        {"ids": ids, "logits": model(ids).logits.detach().contiguous()}, tmp_path / "expected.safetensors"
+    )
     script = textwrap.dedent(
         f"""
         import importlib.abc, sys
@@ -292,7 +305,9 @@ def test_remote_code_load_without_the_plugin(tmp_path):
         """
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
     assert "REMOTE_OK MomentumGPTForCausalLM" in result.stdout, result.stderr[-3000:]
 
 

@@ -50,7 +50,9 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("TRANSFORMERS_MOMENTUM_CACHE", Path.home() / ".cache" / "transformers_momentum"))
+    return Path(
+        os.environ.get("TRANSFORMERS_MOMENTUM_CACHE", Path.home() / ".cache" / "transformers_momentum")
+    )
 
 
 def _gguf_location(spec: OfflineModel) -> tuple[str, str]:

@@ -22,13 +22,27 @@ def main(out_dir: str) -> None:
     dataset = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
     torch.manual_seed(0)
     config = MomentumGPTConfig(
-        vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=32,
-        momentum_eta=0.5, learnable_eta=True, bos_token_id=None, eos_token_id=None,
+        vocab_size=256,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=32,
+        momentum_eta=0.5,
+        learnable_eta=True,
+        bos_token_id=None,
+        eos_token_id=None,
     )
     model = MomentumGPTForCausalLM(config)
     args = TrainingArguments(
-        output_dir=out_dir, per_device_train_batch_size=8, max_steps=6, learning_rate=1e-3,
-        report_to=[], save_strategy="no", use_cpu=True, seed=0, logging_steps=1,
+        output_dir=out_dir,
+        per_device_train_batch_size=8,
+        max_steps=6,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+        logging_steps=1,
         # Each rank takes different batches: only the all-reduce keeps the replicas identical.
         dataloader_drop_last=True,
     )

@@ -19,7 +19,9 @@ from .modeling_momentum_gpt import (
 AutoConfig.register(MomentumGPTConfig.model_type, MomentumGPTConfig, exist_ok=True)
 AutoModel.register(MomentumGPTConfig, MomentumGPTModel, exist_ok=True)
 AutoModelForCausalLM.register(MomentumGPTConfig, MomentumGPTForCausalLM, exist_ok=True)
-AutoModelForSequenceClassification.register(MomentumGPTConfig, MomentumGPTForSequenceClassification, exist_ok=True)
+AutoModelForSequenceClassification.register(
+    MomentumGPTConfig, MomentumGPTForSequenceClassification, exist_ok=True
+)
 
 # With an `_auto_class`, save_pretrained copies the configuration/modeling files next to the weights, so the
 # checkpoint also loads with `trust_remote_code=True` where the plugin is not installed.

@@ -13,7 +13,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", required=True, help="GPT-2 checkpoint: local folder or Hub id")
     parser.add_argument("--eta", type=float, default=0.0, help="momentum coefficient in [0, 1) (default 0)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder for the MomentumGPT checkpoint")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="output folder for the MomentumGPT checkpoint"
+    )
     parser.set_defaults(func=_convert)
 
 

@@ -23,7 +23,9 @@ _UNSUPPORTED_GPT2_OPTIONS = {
 def _check_convertible(config: GPT2Config) -> None:
     for option, supported in _UNSUPPORTED_GPT2_OPTIONS.items():
         if getattr(config, option, supported) != supported:
-            raise ValueError(f"Cannot convert a GPT-2 with {option}={getattr(config, option)!r}; only {supported!r}.")
+            raise ValueError(
+                f"Cannot convert a GPT-2 with {option}={getattr(config, option)!r}; only {supported!r}."
+            )
 
 
 def gpt2_config_to_momentum(config: GPT2Config, momentum_eta: float = 0.0, **overrides) -> MomentumGPTConfig:
@@ -52,7 +54,9 @@ def gpt2_config_to_momentum(config: GPT2Config, momentum_eta: float = 0.0, **ove
 
 
 @torch.no_grad()
-def gpt2_to_momentum_gpt(gpt2: GPT2LMHeadModel, momentum_eta: float = 0.0, **config_overrides) -> MomentumGPTForCausalLM:
+def gpt2_to_momentum_gpt(
+    gpt2: GPT2LMHeadModel, momentum_eta: float = 0.0, **config_overrides
+) -> MomentumGPTForCausalLM:
     """Build a MomentumGPTForCausalLM holding `gpt2`'s weights (a copy); at eta = 0 its logits equal GPT-2's."""
     config = gpt2_config_to_momentum(gpt2.config, momentum_eta, **config_overrides)
     config._attn_implementation = gpt2.config._attn_implementation

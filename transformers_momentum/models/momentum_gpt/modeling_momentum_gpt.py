@@ -9,7 +9,6 @@ its sibling configuration file) because `save_pretrained` copies it next to the 
 users who do not have the plugin installed.
 """
 
-
 import math
 from collections.abc import Callable
 
@@ -44,7 +43,7 @@ def momentum_scan(
     values: torch.Tensor,
     eta: float | torch.Tensor,
     initial_state: torch.Tensor | None = None,
-    chunk_size: int = 64,
+    chunk_size: int = 32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal, unnormalised exponential moving sum of value vectors.
 
@@ -105,8 +104,13 @@ def momentum_scan(
     momentum = momentum.reshape(batch, heads, padded, head_dim)[:, :, :length]
     if initial_state is not None:
         positions = torch.arange(length, device=values.device, dtype=compute_dtype)
-        momentum = momentum + _powers(eta_t, positions)[None, :, :, None] * initial_state.to(compute_dtype)[:, :, None]
-    final_state = eta_t[None, :, None] * (momentum[:, :, -1] + v.view(batch, heads, padded, head_dim)[:, :, length - 1])
+        momentum = (
+            momentum
+            + _powers(eta_t, positions)[None, :, :, None] * initial_state.to(compute_dtype)[:, :, None]
+        )
+    final_state = eta_t[None, :, None] * (
+        momentum[:, :, -1] + v.view(batch, heads, padded, head_dim)[:, :, length - 1]
+    )
     return momentum.to(values.dtype), final_state.to(values.dtype)
 
 
@@ -199,7 +203,9 @@ class MomentumGPTAttention(nn.Module):
 
         eta = self.eta
         if isinstance(eta, torch.Tensor) or eta > 0.0:
-            momentum = self._momentum(new_values, value_states, eta, past_key_values, past_length, momentum_mask)
+            momentum = self._momentum(
+                new_values, value_states, eta, past_key_values, past_length, momentum_mask
+            )
             attn_output = attn_output + momentum.transpose(1, 2)
 
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
@@ -432,7 +438,9 @@ class MomentumGPTForCausalLM(MomentumGPTPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden_states)
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
+            )
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,

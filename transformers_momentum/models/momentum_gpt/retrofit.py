@@ -14,7 +14,11 @@ shared by its query heads, exactly as the values are.
 
 import torch
 
-from ...attention_interface import base_implementation, original_attention_function, register_wrapped_attention
+from ...attention_interface import (
+    base_implementation,
+    original_attention_function,
+    register_wrapped_attention,
+)
 from .modeling_momentum_gpt import momentum_scan
 
 _PREFIX = "momentum:"
@@ -62,7 +66,7 @@ def _remember_padding_mask(model, args, kwargs):
     state.padding_mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
 
-def apply_momentum_attention(model: torch.nn.Module, eta: float, chunk_size: int = 64) -> torch.nn.Module:
+def apply_momentum_attention(model: torch.nn.Module, eta: float, chunk_size: int = 32) -> torch.nn.Module:
     """Add `sum_{i<t} eta^(t-i) v_i` to every attention head's output of `model` (in place; returns `model`).
 
     Calling it again changes eta. eta = 0 leaves the logits unchanged.
