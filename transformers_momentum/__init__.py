@@ -11,12 +11,19 @@ from .models.momentum_gpt import (
     MomentumGPTPreTrainedModel,
     momentum_scan,
 )
+from . import architectures
+from .kv_tuning import KVTuningConfig, KVTuningModel, kv_deltas, reset_kv_deltas
 from .models.momentum_gpt.convert import gpt2_to_momentum_gpt, momentum_gpt_to_gpt2
 from .models.momentum_gpt.retrofit import apply_momentum_attention, momentum_eta_of, remove_momentum_attention
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "KVTuningConfig",
+    "KVTuningModel",
+    "architectures",
+    "kv_deltas",
+    "reset_kv_deltas",
     "MomentumGPTConfig",
     "MomentumGPTForCausalLM",
     "MomentumGPTForSequenceClassification",
