@@ -329,7 +329,7 @@ def test_fresh_process_loads_the_adapter(tmp_path):
         model = PeftModel.from_pretrained(base, {str(tmp_path / "adapter")!r}).eval()
         expected = load_file({str(tmp_path / "expected.safetensors")!r})
         assert torch.equal(model(expected["ids"]).logits, expected["logits"])
-        print("FRESH_OK", model.peft_config["default"].peft_type)
+        print("FRESH_OK", model.peft_config["default"].peft_type.value)
         """
     )
     result = subprocess.run(
