@@ -1,5 +1,6 @@
 """K/V-only finetuning (KVTuningConfig) on every architecture in the table."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -13,9 +14,15 @@ from peft.utils import PeftType
 from transformers import AttentionInterface, AutoModelForCausalLM
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.pytorch_utils import Conv1D
 
 import transformers_momentum as tm
-from transformers_momentum.architectures import ARCHITECTURES, attention_modules, get_architecture
+from transformers_momentum.architectures import (
+    ARCHITECTURES,
+    attention_modules,
+    fused_kv_rows,
+    get_architecture,
+)
 from transformers_momentum.kv_tuning import KVTuningConfig, KVTuningLayer, kv_deltas, reset_kv_deltas
 
 VOCAB = 97
@@ -24,21 +31,29 @@ H, HEADS, LAYERS = 32, 4, 2
 CONFIGS = {
     "llama": lambda: transformers.LlamaConfig(num_key_value_heads=2, intermediate_size=64),
     "mistral": lambda: transformers.MistralConfig(num_key_value_heads=2, intermediate_size=64),
-    "mixtral": lambda: transformers.MixtralConfig(num_key_value_heads=2, intermediate_size=64, num_local_experts=2),
+    "mixtral": lambda: transformers.MixtralConfig(
+        num_key_value_heads=2, intermediate_size=64, num_local_experts=2
+    ),
     "olmo": lambda: transformers.OlmoConfig(num_key_value_heads=2, intermediate_size=64),
     "olmo2": lambda: transformers.Olmo2Config(num_key_value_heads=2, intermediate_size=64),
-    "smollm3": lambda: transformers.SmolLM3Config(num_key_value_heads=2, intermediate_size=64, pad_token_id=0),
+    "smollm3": lambda: transformers.SmolLM3Config(
+        num_key_value_heads=2, intermediate_size=64, pad_token_id=0
+    ),
     "qwen2": lambda: transformers.Qwen2Config(num_key_value_heads=2, intermediate_size=64),
     "qwen3": lambda: transformers.Qwen3Config(num_key_value_heads=2, intermediate_size=64, head_dim=8),
     "gemma": lambda: transformers.GemmaConfig(num_key_value_heads=1, intermediate_size=64, head_dim=8),
     "gemma2": lambda: transformers.Gemma2Config(num_key_value_heads=2, intermediate_size=64, head_dim=8),
-    "gemma3_text": lambda: transformers.Gemma3TextConfig(num_key_value_heads=1, intermediate_size=64, head_dim=8),
+    "gemma3_text": lambda: transformers.Gemma3TextConfig(
+        num_key_value_heads=1, intermediate_size=64, head_dim=8
+    ),
     "opt": lambda: transformers.OPTConfig(ffn_dim=64, word_embed_proj_dim=H, max_position_embeddings=64),
     "gpt2": lambda: transformers.GPT2Config(n_embd=H, n_layer=LAYERS, n_head=HEADS, n_positions=64),
     "gpt_neox": lambda: transformers.GPTNeoXConfig(intermediate_size=64),
     "bloom": lambda: transformers.BloomConfig(n_embed=H, n_layer=LAYERS, n_head=HEADS),
     "phi3": lambda: transformers.Phi3Config(num_key_value_heads=2, intermediate_size=64, pad_token_id=0),
-    "gptj": lambda: transformers.GPTJConfig(n_embd=H, n_layer=LAYERS, n_head=HEADS, rotary_dim=4, n_positions=64),
+    "gptj": lambda: transformers.GPTJConfig(
+        n_embd=H, n_layer=LAYERS, n_head=HEADS, rotary_dim=4, n_positions=64
+    ),
     "gpt_neo": lambda: transformers.GPTNeoConfig(
         hidden_size=H, num_layers=LAYERS, num_heads=HEADS, attention_types=[[["global", "local"], 1]]
     ),
@@ -58,10 +73,8 @@ def build(name: str) -> torch.nn.Module:
         vocab_size=VOCAB, hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS
     ).items():
         if key in config.attribute_map or hasattr(config, key):
-            try:
+            with contextlib.suppress(AttributeError, ValueError):  # read-only in some configs
                 setattr(config, key, value)
-            except (AttributeError, ValueError):
-                pass
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config).eval()
 
@@ -80,7 +93,11 @@ def expected_trainable(model) -> dict[str, tuple[int, ...]]:
                     expected[f"{prefix}.{name}.kv_tuning_bias.default"] = (projection.weight.shape[0],)
         else:
             fused = getattr(attention, spec.kv.fused)
-            in_features = fused.weight.shape[0] if isinstance(fused, transformers.pytorch_utils.Conv1D) else fused.weight.shape[1]
+            in_features = (
+                fused.weight.shape[0]
+                if isinstance(fused, transformers.pytorch_utils.Conv1D)
+                else fused.weight.shape[1]
+            )
             n_heads = model.config.num_attention_heads
             head_dim = model.config.hidden_size // n_heads
             n_kv = {
@@ -130,13 +147,20 @@ class _CaptureQKV:
         AttentionMaskInterface.register(self.name, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
 
     def __call__(self, module, query, key, value, attention_mask, **kwargs):
-        self.records.setdefault(id(module), (query.detach().clone(), key.detach().clone(), value.detach().clone()))
+        self.records.setdefault(
+            id(module), (query.detach().clone(), key.detach().clone(), value.detach().clone())
+        )
         return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
 
 
 FUSED_ON_INTERFACE = ["gpt2", "gpt_neox", "phi3"]
 # Fused models off the attention interface: their own splitting function says which outputs are q, k and v.
-FUSED_SPLITTERS = {"falcon": "_split_heads", "falcon_multi_query": "_split_heads", "falcon_classic": "_split_heads", "bloom": "_reshape"}
+FUSED_SPLITTERS = {
+    "falcon": "_split_heads",
+    "falcon_multi_query": "_split_heads",
+    "falcon_classic": "_split_heads",
+    "bloom": "_reshape",
+}
 
 
 @pytest.mark.parametrize("name", FUSED_ON_INTERFACE)
@@ -242,6 +266,20 @@ def test_adamw_keeps_query_and_other_weights_bit_identical_and_round_trips(name,
     if spec.kv.fused is not None:  # the query rows of the merged fused weight are the original ones
         changed = [n for n, p in merged.named_parameters() if not torch.equal(p, original[n])]
         assert changed and all(spec.kv.fused in n for n in changed), changed
+        k_rows, v_rows = fused_kv_rows(spec.kv.fused_layout, merged.config)
+        for attention_index, attention in enumerate(attention_modules(merged)):
+            fused = getattr(attention, spec.kv.fused)
+            out_features = fused.weight.shape[1 if isinstance(fused, Conv1D) else 0]
+            query_rows = torch.ones(out_features, dtype=torch.bool)
+            query_rows[torch.cat([k_rows, v_rows])] = False
+            name = f"{spec.layers}.{attention_index}.{spec.attention}.{spec.kv.fused}"
+            weight, before = fused.weight, original[f"{name}.weight"]
+            if isinstance(fused, Conv1D):  # stored [in, out]
+                weight, before = weight.T, before.T
+            assert query_rows.sum() > 0 and torch.equal(weight[query_rows], before[query_rows])
+            assert not torch.equal(weight[~query_rows], before[~query_rows])  # while K/V rows did change
+            if fused.bias is not None:
+                assert torch.equal(fused.bias[query_rows], original[f"{name}.bias"][query_rows])
 
 
 def test_targets_bias_and_layers_options():
@@ -296,8 +334,13 @@ def test_trainer_and_transformers_load_adapter(tmp_path):
     dataset = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
     peft_model = get_peft_model(build("llama"), KVTuningConfig())
     args = TrainingArguments(
-        output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, max_steps=4, learning_rate=1e-2,
-        report_to=[], save_strategy="no", use_cpu=True,
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=4,
+        max_steps=4,
+        learning_rate=1e-2,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
     )
     Trainer(model=peft_model, args=args, train_dataset=dataset).train()
     assert any(p.abs().sum() > 0 for n, p in peft_model.named_parameters() if "kv_tuning_" in n)
@@ -315,7 +358,6 @@ def test_fresh_process_loads_the_adapter(tmp_path):
     peft_model.save_pretrained(tmp_path / "adapter")
     build("gpt2").save_pretrained(tmp_path / "base")
     expected = peft_model(ids).logits
-    torch.save  # noqa: B018  (safetensors below; nothing is pickled)
     from safetensors.torch import save_file
 
     save_file({"ids": ids, "logits": expected.detach().contiguous()}, tmp_path / "expected.safetensors")
@@ -333,7 +375,10 @@ def test_fresh_process_loads_the_adapter(tmp_path):
         """
     )
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env=dict(os.environ, HF_HUB_OFFLINE="1"),
     )
     assert "FRESH_OK KV_TUNING" in result.stdout, result.stderr[-3000:]
@@ -371,16 +416,53 @@ def test_explicit_module_names_work_for_unknown_models():
     model = build("llama")
     model.config.model_type = "not_in_the_table"
     expected = sum(
-        m.weight.numel() for n, m in model.named_modules() if n.endswith(("self_attn.k_proj", "self_attn.v_proj"))
+        m.weight.numel()
+        for n, m in model.named_modules()
+        if n.endswith(("self_attn.k_proj", "self_attn.v_proj"))
     )
     peft_model = get_peft_model(model, KVTuningConfig(key_module="k_proj", value_module="v_proj"))
     assert peft_model.get_nb_trainable_parameters()[0] == expected > 0
+    # peft's usual spelling names the same modules
+    model = build("llama")
+    model.config.model_type = "not_in_the_table"
+    peft_model = get_peft_model(model, KVTuningConfig(target_modules=["k_proj", "v_proj"]))
+    assert peft_model.get_nb_trainable_parameters()[0] == expected
+    with pytest.raises(ValueError, match="fused_module"):
+        KVTuningConfig(target_modules=["qkv_proj"])
 
 
 def test_adapter_on_the_wrong_base_is_a_clear_error(tmp_path):
     get_peft_model(build("llama"), KVTuningConfig()).save_pretrained(tmp_path)
     other = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=48, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=64
+        vocab_size=VOCAB,
+        hidden_size=48,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=64,
     )
     with pytest.raises(RuntimeError, match="size mismatch"):
         PeftModel.from_pretrained(AutoModelForCausalLM.from_config(other), tmp_path)
+
+
+def test_upcast_adapter_path_matches_and_keeps_bf16_base_exact():
+    """peft upcasts adapters of a bf16 model to fp32; the layer then adds the delta output separately, so a fresh
+    adapter is still exactly the bf16 base, and both forward paths agree on trained deltas."""
+    ids = torch.randint(3, VOCAB, (2, 8))
+    model = build("gpt2").to(torch.bfloat16)
+    base_logits = model(ids).logits
+    peft_model = get_peft_model(model, KVTuningConfig())
+    layer = next(m for m in peft_model.modules() if isinstance(m, KVTuningLayer))
+    assert layer.kv_tuning_weight["default"].dtype == torch.float32  # upcast by peft
+    assert torch.equal(peft_model(ids).logits, base_logits)
+
+    fp32 = get_peft_model(build("gpt2"), KVTuningConfig())
+    with torch.no_grad():
+        for name, parameter in fp32.named_parameters():
+            if "kv_tuning_" in name:
+                parameter.normal_(std=0.05)
+    effective = fp32(ids).logits  # fp32 deltas on an fp32 base: one matmul with W + ΔW
+    for module in fp32.modules():
+        if isinstance(module, KVTuningLayer):  # force the separate-output path
+            module.kv_tuning_weight["default"].data = module.kv_tuning_weight["default"].data.double()
+            module.kv_tuning_bias["default"].data = module.kv_tuning_bias["default"].data.double()
+    torch.testing.assert_close(fp32(ids).logits, effective, atol=1e-5, rtol=0)

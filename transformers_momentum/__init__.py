@@ -3,6 +3,8 @@
 Importing the package registers MomentumGPT with the Auto classes and the K/V-tuning method with peft.
 """
 
+from . import architectures
+from .kv_tuning import KVTuningConfig, KVTuningModel, kv_deltas, reset_kv_deltas
 from .models.momentum_gpt import (
     MomentumGPTConfig,
     MomentumGPTForCausalLM,
@@ -11,8 +13,6 @@ from .models.momentum_gpt import (
     MomentumGPTPreTrainedModel,
     momentum_scan,
 )
-from . import architectures
-from .kv_tuning import KVTuningConfig, KVTuningModel, kv_deltas, reset_kv_deltas
 from .models.momentum_gpt.convert import gpt2_to_momentum_gpt, momentum_gpt_to_gpt2
 from .models.momentum_gpt.retrofit import apply_momentum_attention, momentum_eta_of, remove_momentum_attention
 

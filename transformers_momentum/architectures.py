@@ -139,26 +139,44 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
     "olmo2": _LLAMA_LIKE,
     "smollm3": _LLAMA_LIKE,
     "opt": ArchitectureSpec("model.decoder.layers", "self_attn", "model.decoder.final_layer_norm", _SEPARATE),
-    "gpt2": ArchitectureSpec("transformer.h", "attn", "transformer.ln_f", KVLayout(fused="c_attn", fused_layout="contiguous_qkv")),
+    "gpt2": ArchitectureSpec(
+        "transformer.h", "attn", "transformer.ln_f", KVLayout(fused="c_attn", fused_layout="contiguous_qkv")
+    ),
     "gpt_neox": ArchitectureSpec(
-        "gpt_neox.layers", "attention", "gpt_neox.final_layer_norm",
+        "gpt_neox.layers",
+        "attention",
+        "gpt_neox.final_layer_norm",
         KVLayout(fused="query_key_value", fused_layout="per_head_qkv"),
     ),
     "bloom": ArchitectureSpec(
-        "transformer.h", "self_attention", "transformer.ln_f",
+        "transformer.h",
+        "self_attention",
+        "transformer.ln_f",
         KVLayout(fused="query_key_value", fused_layout="per_head_qkv"),
     ),
-    "phi3": ArchitectureSpec("model.layers", "self_attn", "model.norm", KVLayout(fused="qkv_proj", fused_layout="contiguous_qkv")),
+    "phi3": ArchitectureSpec(
+        "model.layers", "self_attn", "model.norm", KVLayout(fused="qkv_proj", fused_layout="contiguous_qkv")
+    ),
     "gptj": ArchitectureSpec("transformer.h", "attn", "transformer.ln_f", _SEPARATE),
     "gpt_neo": ArchitectureSpec("transformer.h", "attn.attention", "transformer.ln_f", _SEPARATE),
     "falcon": ArchitectureSpec(
-        "transformer.h", "self_attention", "transformer.ln_f", KVLayout(fused="query_key_value", fused_layout="falcon")
+        "transformer.h",
+        "self_attention",
+        "transformer.ln_f",
+        KVLayout(fused="query_key_value", fused_layout="falcon"),
     ),
     "momentum_gpt": ArchitectureSpec("model.layers", "attn", "model.norm", _SEPARATE),
 }
 
 # Names tried, in order, when a model is not in the table.
-_LAYER_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "transformer.layers", "gpt_neox.layers", "layers")
+_LAYER_PATHS = (
+    "model.layers",
+    "model.decoder.layers",
+    "transformer.h",
+    "transformer.layers",
+    "gpt_neox.layers",
+    "layers",
+)
 _ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention", "attn.attention")
 _NORM_NAMES = ("norm", "final_layer_norm", "ln_f", "final_layernorm", "norm_f")
 _KEY_NAMES = ("k_proj", "key", "key_proj", "wk", "k")
@@ -192,13 +210,17 @@ def get_architecture(model: nn.Module) -> ArchitectureSpec:
         if attention_name is not None:
             attention = _get(block, attention_name)
             key = next((n for n in _KEY_NAMES if isinstance(getattr(attention, n, None), nn.Module)), None)
-            value = next((n for n in _VALUE_NAMES if isinstance(getattr(attention, n, None), nn.Module)), None)
+            value = next(
+                (n for n in _VALUE_NAMES if isinstance(getattr(attention, n, None), nn.Module)), None
+            )
             parent_path = layers_path.rsplit(".", 1)[0] if "." in layers_path else ""
             parent = _get(model, parent_path) if parent_path else model
             norm = next((n for n in _NORM_NAMES if isinstance(getattr(parent, n, None), nn.Module)), None)
             if key and value and norm:
                 final_norm = f"{parent_path}.{norm}" if parent_path else norm
-                return ArchitectureSpec(layers_path, attention_name, final_norm, KVLayout(key=key, value=value))
+                return ArchitectureSpec(
+                    layers_path, attention_name, final_norm, KVLayout(key=key, value=value)
+                )
     raise ValueError(
         f"Could not find the attention of {type(model).__name__} (model_type={model_type!r}): it is not in "
         f"transformers_momentum.architectures.ARCHITECTURES, and automatic detection looked for decoder blocks at "

@@ -44,7 +44,9 @@ class Rec2FTP:
 def rec2ftp(zsl_correct: Sequence[bool], icl_correct: Sequence[bool], ft_correct: Sequence[bool]) -> Rec2FTP:
     zsl, icl, ft = (np.asarray(x, dtype=bool) for x in (zsl_correct, icl_correct, ft_correct))
     if not (zsl.shape == icl.shape == ft.shape):
-        raise ValueError(f"rec2ftp needs equally many ZSL/ICL/FT outcomes, got {zsl.shape}, {icl.shape}, {ft.shape}")
+        raise ValueError(
+            f"rec2ftp needs equally many ZSL/ICL/FT outcomes, got {zsl.shape}, {icl.shape}, {ft.shape}"
+        )
     ft_fixed = ft & ~zsl
     both = ft_fixed & icl
     n_fixed, n_both = int(ft_fixed.sum()), int(both.sum())
@@ -62,7 +64,9 @@ def simaou(h_zsl: torch.Tensor, h_icl: torch.Tensor, h_ft: torch.Tensor) -> torc
 
 def attention_update(h_zsl: torch.Tensor, h_other: torch.Tensor) -> torch.Tensor:
     """ĥ_other − ĥ_ZSL (the update SimAOU compares), (L, hidden)."""
-    return torch.nn.functional.normalize(h_other.double(), dim=-1) - torch.nn.functional.normalize(h_zsl.double(), dim=-1)
+    return torch.nn.functional.normalize(h_other.double(), dim=-1) - torch.nn.functional.normalize(
+        h_zsl.double(), dim=-1
+    )
 
 
 def simaou_null(delta_icl: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
@@ -88,7 +92,10 @@ def delta_simam(
 ) -> torch.Tensor:
     """ΔSimAM per layer (Deutch et al.): per head cos(m_ICL − m_ZSL, m_FT − m_ZSL), mean over heads."""
     return torch.stack(
-        [cosine(i.double() - z.double(), f.double() - z.double()).mean() for z, i, f in zip(scores_zsl, scores_icl, scores_ft, strict=True)]
+        [
+            cosine(i.double() - z.double(), f.double() - z.double()).mean()
+            for z, i, f in zip(scores_zsl, scores_icl, scores_ft, strict=True)
+        ]
     )
 
 
@@ -122,7 +129,9 @@ def head_cosines(delta_a: torch.Tensor, delta_b: torch.Tensor) -> torch.Tensor:
     return cosine(delta_a.flatten(1), delta_b.flatten(1))
 
 
-def bootstrap_ci(values: Sequence[float], *, n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
+def bootstrap_ci(
+    values: Sequence[float], *, n_resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float] | None:
     """Percentile bootstrap interval of the mean (NaNs dropped); None with fewer than 2 values."""
     data = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
     if data.size < 2:
@@ -145,7 +154,9 @@ class StreamingMetric:
     example_means: list[float] = field(default_factory=list)
 
     def add(self, per_layer: torch.Tensor | np.ndarray) -> None:
-        values = np.asarray(per_layer.detach().cpu() if isinstance(per_layer, torch.Tensor) else per_layer, dtype=float)
+        values = np.asarray(
+            per_layer.detach().cpu() if isinstance(per_layer, torch.Tensor) else per_layer, dtype=float
+        )
         if self.layer_sum is None:
             self.layer_sum = np.zeros_like(values)
             self.layer_count = np.zeros_like(values)

@@ -45,11 +45,14 @@ class ProbeRecord:
     attention_output: (L, hidden) attention-module output at the analysis position.
     scores: L tensors (heads, keys up to the analysis position) of scaled pre-softmax scores.
     query: (L, heads*head_dim) scaled query at the analysis position (None in the fallback).
+    projected_query: (L, heads*head_dim) the query projection's output before any rotary embedding, scaled like
+        `query` (None when the attention module has no separate `q_proj`).
     """
 
     attention_output: torch.Tensor
     scores: list[torch.Tensor]
     query: torch.Tensor | None
+    projected_query: torch.Tensor | None = None
 
 
 def _probe_attention(module, query, key, value, attention_mask, *args, **kwargs):
@@ -58,7 +61,9 @@ def _probe_attention(module, query, key, value, attention_mask, *args, **kwargs)
     backend = implementation[len(_PREFIX) :] if implementation.startswith(_PREFIX) else implementation
     if probe is not None and probe._mode is not None:
         probe._capture(module, query, key, kwargs.get("scaling"))
-    return original_attention_function(module, backend)(module, query, key, value, attention_mask, *args, **kwargs)
+    return original_attention_function(module, backend)(
+        module, query, key, value, attention_mask, *args, **kwargs
+    )
 
 
 class AttentionProbe:
@@ -76,7 +81,9 @@ class AttentionProbe:
             get_architecture(base)
             self.modules = attention_modules(base)
         except (ValueError, AttributeError, TypeError) as error:
-            raise AnalysisInputError(f"No attention modules found in {type(base).__name__}: {error}") from None
+            raise AnalysisInputError(
+                f"No attention modules found in {type(base).__name__}: {error}"
+            ) from None
         if not self.modules or any(m is None for m in self.modules):
             raise AnalysisInputError(f"No attention modules found in {type(base).__name__}.")
         self.num_layers = len(self.modules)
@@ -93,6 +100,14 @@ class AttentionProbe:
         for module in self.modules:
             module._tm_probe = self
         self._hooks = [m.register_forward_hook(self._output_hook) for m in self.modules]
+        # Queries before the rotary embedding: with RoPE, q'_j·q of the FT Kendall side also depends on the two
+        # tokens' positions, which the paper's absolute-position GPT did not have. Recorded when q_proj exists.
+        projections = [getattr(m, "q_proj", None) for m in self.modules]
+        self.has_projected_queries = all(isinstance(q, nn.Module) for q in projections)
+        if self.has_projected_queries:
+            self._hooks += [
+                q.register_forward_hook(self._make_projection_hook(i)) for i, q in enumerate(projections)
+            ]
         base.set_attn_implementation(_PREFIX + backend)
         self.fallback = not self._dispatches_through_interface()
         if self.fallback:
@@ -105,6 +120,8 @@ class AttentionProbe:
         self._scores: list[torch.Tensor | None] = [None] * self.num_layers
         self._queries: list[torch.Tensor | None] = [None] * self.num_layers
         self._train_queries: list[torch.Tensor | None] = [None] * self.num_layers
+        self._projected: list[torch.Tensor | None] = [None] * self.num_layers
+        self._train_projected: list[torch.Tensor | None] = [None] * self.num_layers
 
     def _capture(self, module, query: torch.Tensor, key: torch.Tensor, scaling: float | None) -> None:
         layer = self._layer_of.get(id(module))
@@ -118,7 +135,9 @@ class AttentionProbe:
         with torch.no_grad():
             if self._mode == "train":
                 # (batch 1, heads, T, d) -> (T, heads*d), scaled as in the paper's code (q·head_dim^-0.5).
-                self._train_queries[layer] = (query[0].detach().float() * scaling).transpose(0, 1).flatten(1).cpu()
+                self._train_queries[layer] = (
+                    (query[0].detach().float() * scaling).transpose(0, 1).flatten(1).cpu()
+                )
                 return
             q_len, total = query.shape[2], key.shape[2]
             row = self._analysis_index % q_len
@@ -149,6 +168,25 @@ class AttentionProbe:
                 position = row.shape[-1] - q_len + (self._analysis_index % q_len)
                 self._scores[layer] = row[:, : position + 1].clamp_min(1e-30).log().cpu()
 
+    def _make_projection_hook(self, layer: int):
+        module = self.modules[layer]
+
+        def hook(projection, args, output):
+            if self._mode not in ("eval", "train"):
+                return
+            scaling = (
+                getattr(module, "scaling", None) or getattr(module, "head_dim", output.shape[-1]) ** -0.5
+            )
+            with torch.no_grad():
+                if self._mode == "train":
+                    self._train_projected[layer] = (output[0].detach().float() * scaling).cpu()
+                else:
+                    self._projected[layer] = (
+                        output[0, self._analysis_index].detach().float() * scaling
+                    ).cpu()
+
+        return hook
+
     def _dispatches_through_interface(self) -> bool:
         base = unwrap_model(self.model)
         start = 0  # any valid token id: only the dispatch matters
@@ -176,14 +214,19 @@ class AttentionProbe:
     def eval_record(self) -> ProbeRecord:
         if any(o is None for o in self._outputs) or any(s is None for s in self._scores):
             raise RuntimeError("The probe did not see every layer in the last recorded forward.")
-        queries = None if self.fallback or any(q is None for q in self._queries) else torch.stack(self._queries)
-        return ProbeRecord(torch.stack(self._outputs), list(self._scores), queries)
+        queries = (
+            None if self.fallback or any(q is None for q in self._queries) else torch.stack(self._queries)
+        )
+        projected = None if any(q is None for q in self._projected) else torch.stack(self._projected)
+        return ProbeRecord(torch.stack(self._outputs), list(self._scores), queries, projected)
 
     @contextlib.contextmanager
     def record_train(self):
         """Record the scaled queries of every token of one training forward."""
         if self.fallback:
-            raise AnalysisInputError("Training-token queries need a model that dispatches through the attention interface.")
+            raise AnalysisInputError(
+                "Training-token queries need a model that dispatches through the attention interface."
+            )
         self._reset_buffers()
         self._mode = "train"
         try:
@@ -196,6 +239,12 @@ class AttentionProbe:
         if any(q is None for q in self._train_queries):
             raise RuntimeError("The probe did not see every layer in the last recorded training forward.")
         return list(self._train_queries)
+
+    def train_projected_queries(self) -> list[torch.Tensor] | None:
+        """Per layer (T, heads*head_dim) scaled pre-rotary queries of the last training forward (None if absent)."""
+        if any(q is None for q in self._train_projected):
+            return None
+        return list(self._train_projected)
 
     def remove(self) -> None:
         for hook in self._hooks:

@@ -45,7 +45,9 @@ class PromptLayout:
         self.start_ids: list[int] = [start] if (start_token and start is not None) else []
         if separator == "eos":
             if tokenizer.eos_token_id is None:
-                raise AnalysisInputError("The tokenizer has no EOS token to separate demonstrations; use separator='newline'.")
+                raise AnalysisInputError(
+                    "The tokenizer has no EOS token to separate demonstrations; use separator='newline'."
+                )
             self.separator_ids = [tokenizer.eos_token_id]
         elif separator == "newline":
             self.separator_ids = self._encode("\n")
@@ -53,7 +55,9 @@ class PromptLayout:
             raise AnalysisInputError(f"separator must be 'eos' or 'newline', got {separator!r}.")
         self.label_ids: list[list[int]] = [self._label_tokens(word) for word in task.label_words]
         if len({tuple(ids) for ids in self.label_ids}) != len(self.label_ids):
-            raise AnalysisInputError(f"Task {task.name!r}: two label words tokenize identically: {task.label_words}.")
+            raise AnalysisInputError(
+                f"Task {task.name!r}: two label words tokenize identically: {task.label_words}."
+            )
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

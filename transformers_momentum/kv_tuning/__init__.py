@@ -4,7 +4,10 @@ Importing this package registers the method with peft (`PeftType.KV_TUNING`), so
 transformers' `model.load_adapter` find it in any process that imported `transformers_momentum`.
 """
 
+import re
+
 import torch
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from peft.utils import register_peft_method
 from torch import nn
 
@@ -13,12 +16,13 @@ from .layer import KVTuningLayer
 from .model import KVTuningModel, resolve_kv_layout
 from .peft_type import KV_TUNING
 
-if "kv_tuning" not in __import__("peft").mapping.PEFT_TYPE_TO_PREFIX_MAPPING.values() and KV_TUNING not in __import__(
-    "peft"
-).mapping.PEFT_TYPE_TO_CONFIG_MAPPING:
-    register_peft_method(name="kv_tuning", config_cls=KVTuningConfig, model_cls=KVTuningModel, prefix="kv_tuning_")
+# Idempotent: a second import (or a reload) must not register twice, which peft rejects.
+if KV_TUNING not in PEFT_TYPE_TO_CONFIG_MAPPING:
+    register_peft_method(
+        name="kv_tuning", config_cls=KVTuningConfig, model_cls=KVTuningModel, prefix="kv_tuning_"
+    )
 
-_LAYER_INDEX = __import__("re").compile(r"\.(\d+)\.")
+_LAYER_INDEX = re.compile(r"\.(\d+)\.")
 
 
 def _kv_layers(model: nn.Module):

@@ -52,7 +52,9 @@ class KVTuningLayer(nn.Module, BaseTunerLayer):
         self.in_features, self.out_features = _in_out_features(base_layer)
         self.update_layer(adapter_name, roles, bias)
 
-    def update_layer(self, adapter_name: str, roles: list[tuple[str, torch.Tensor | None]], bias: bool) -> None:
+    def update_layer(
+        self, adapter_name: str, roles: list[tuple[str, torch.Tensor | None]], bias: bool
+    ) -> None:
         """Add adapter `adapter_name`: zero deltas on the rows of each (role, rows) pair (rows=None: all rows)."""
         base = self.get_base_layer()
         row_sets = [torch.arange(self.out_features) if rows is None else rows for _, rows in roles]
@@ -63,14 +65,20 @@ class KVTuningLayer(nn.Module, BaseTunerLayer):
             torch.zeros(len(all_rows), self.in_features, dtype=weight.dtype, device=weight.device)
         )
         if bias and getattr(base, "bias", None) is not None:
-            self.kv_tuning_bias[adapter_name] = nn.Parameter(torch.zeros(len(all_rows), dtype=weight.dtype, device=weight.device))
+            self.kv_tuning_bias[adapter_name] = nn.Parameter(
+                torch.zeros(len(all_rows), dtype=weight.dtype, device=weight.device)
+            )
         self.kv_tuning_rows[adapter_name] = None if covers_everything else all_rows.to(weight.device)
         self.kv_tuning_roles[adapter_name] = [(role, len(r)) for (role, _), r in zip(roles, row_sets)]
         self.set_adapter(self.active_adapters)
 
     def _rows(self, adapter: str) -> torch.Tensor:
         rows = self.kv_tuning_rows[adapter]
-        return torch.arange(self.out_features, device=self.kv_tuning_weight[adapter].device) if rows is None else rows
+        return (
+            torch.arange(self.out_features, device=self.kv_tuning_weight[adapter].device)
+            if rows is None
+            else rows
+        )
 
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         """The delta as a full weight in the base layer's own orientation (zero outside the K/V rows)."""
@@ -95,12 +103,18 @@ class KVTuningLayer(nn.Module, BaseTunerLayer):
             if self.merged:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
         if self.merged:
-            return result
-        for adapter in self.active_adapters:
-            if adapter not in self.kv_tuning_weight:
-                continue
+            return self.base_layer(x, *args, **kwargs)
+        adapters = [a for a in self.active_adapters if a in self.kv_tuning_weight]
+        if not adapters:
+            return self.base_layer(x, *args, **kwargs)
+        base = self.get_base_layer()
+        if all(self.kv_tuning_weight[a].dtype == base.weight.dtype for a in adapters):
+            return self._forward_effective_weight(x, adapters)
+        # Deltas kept in another dtype than the base (peft upcasts adapters of bf16 models): add their output
+        # separately so the base rows are still computed exactly as the base layer computes them.
+        result = self.base_layer(x, *args, **kwargs)
+        for adapter in adapters:
             weight = self.kv_tuning_weight[adapter]
             delta = nn.functional.linear(x.to(weight.dtype), weight, self.kv_tuning_bias.get(adapter))
             rows = self.kv_tuning_rows[adapter]
@@ -109,6 +123,26 @@ class KVTuningLayer(nn.Module, BaseTunerLayer):
             else:  # only the K/V outputs move; every other output element is left untouched
                 result = result.index_add(-1, rows, delta.to(result.dtype))
         return result
+
+    def _forward_effective_weight(self, x: torch.Tensor, adapters: list[str]) -> torch.Tensor:
+        """One matmul with W + ΔW (K/V rows only) instead of the base matmul plus a second full-rank one.
+
+        Cheaper than `base(x) + x ΔWᵀ` (an out×in add instead of a tokens×in×out GEMM, forward and backward), and
+        still exact where it must be: with zero deltas W + 0 == W bit for bit, and rows outside the K/V rows are
+        the base weight's own values (query rows of a fused projection never see a delta).
+        """
+        base = self.get_base_layer()
+        transposed = isinstance(base, Conv1D)  # Conv1D stores [in, out]
+        weight = base.weight.T if transposed else base.weight
+        bias = getattr(base, "bias", None)
+        for adapter in adapters:
+            rows = self.kv_tuning_rows[adapter]
+            delta = self.kv_tuning_weight[adapter]
+            weight = weight + delta if rows is None else weight.index_add(0, rows, delta)
+            if adapter in self.kv_tuning_bias and bias is not None:
+                bias_delta = self.kv_tuning_bias[adapter]
+                bias = bias + bias_delta if rows is None else bias.index_add(0, rows, bias_delta)
+        return nn.functional.linear(x, weight, bias)
 
     @torch.no_grad()
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
@@ -121,7 +155,9 @@ class KVTuningLayer(nn.Module, BaseTunerLayer):
             rows = self._rows(adapter)
             weight_dim = 1 if transposed else 0
             saved_weight = base.weight.index_select(weight_dim, rows).clone()
-            saved_bias = base.bias.index_select(0, rows).clone() if getattr(base, "bias", None) is not None else None
+            saved_bias = (
+                base.bias.index_select(0, rows).clone() if getattr(base, "bias", None) is not None else None
+            )
             delta = self.kv_tuning_weight[adapter].to(base.weight.dtype)
             merged_weight = base.weight.index_add(weight_dim, rows, delta.T if transposed else delta)
             if safe_merge and not torch.isfinite(merged_weight).all():
@@ -135,7 +171,7 @@ class KVTuningLayer(nn.Module, BaseTunerLayer):
     @torch.no_grad()
     def unmerge(self) -> None:
         if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.")
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
         base = self.get_base_layer()
         weight_dim = 1 if isinstance(base, Conv1D) else 0

@@ -36,7 +36,9 @@ def resolve_kv_layout(config: KVTuningConfig, model: nn.Module) -> tuple[KVLayou
             attention_path = f"{spec.layers}.{index}.{spec.attention}"
             for name in names:
                 if not isinstance(_get(block, f"{spec.attention}.{name}"), nn.Module):
-                    raise ValueError(f"{attention_path} has no module {name!r}; the architecture table is out of date.")
+                    raise ValueError(
+                        f"{attention_path} has no module {name!r}; the architecture table is out of date."
+                    )
                 targets.append(f"{attention_path}.{name}")
     else:  # explicit names: every module whose own name matches, in module order
         pattern = re.compile(r".*\.(\d+)\..*")
@@ -103,7 +105,9 @@ class KVTuningModel(BaseTuner):
         k_rows, v_rows = fused_kv_rows(layout.fused_layout, _unwrap(self.model).config)
         return [(role, rows) for role, rows in (("k", k_rows), ("v", v_rows)) if role in config.targets]
 
-    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+    def _replace_module(
+        self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module
+    ) -> None:
         setattr(parent, child_name, new_module)
         # keep the deltas on the base weight's device
         weight = child.weight
@@ -113,7 +117,9 @@ class KVTuningModel(BaseTuner):
                     if parameter.device != weight.device:
                         parameter.data = parameter.data.to(weight.device)
 
-    def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
+    def _unload_and_optionally_merge(
+        self, merge=True, progressbar=False, safe_merge=False, adapter_names=None
+    ):
         for name, module in list(self.model.named_modules()):
             if isinstance(module, KVTuningLayer):
                 if merge:

@@ -1,0 +1,59 @@
+"""The checkpoints shipped in model_cards/: publishable, loadable offline, and consistent with their cards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import transformers_momentum  # noqa: F401  (registers MomentumGPT)
+from transformers_momentum.hub import list_checkpoint_files
+from transformers_momentum.pretraining import perplexity_at_lengths, token_stream
+
+CARDS = Path(__file__).resolve().parent.parent / "model_cards"
+FOLDERS = sorted(p for p in CARDS.iterdir() if (p / "config.json").is_file()) if CARDS.is_dir() else []
+VALID = Path(__file__).parent / "data" / "corpus_valid_sample.txt"
+
+
+def test_every_momentum_checkpoint_has_its_vanilla_twin():
+    names = {folder.name for folder in FOLDERS}
+    momentum = [name for name in names if name.startswith("momentum-gpt-")]
+    assert momentum, "model_cards/ ships no momentum-gpt checkpoint"
+    for name in momentum:
+        assert name.replace("momentum-gpt-", "vanilla-gpt-", 1) in names
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
+def test_shipped_checkpoint_loads_offline_and_matches_its_card(folder):
+    files = dict(list_checkpoint_files(folder))  # publishable: required files present, no pickles
+    assert sum(files.values()) < 20e6, "keep shipped checkpoints small"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "momentum_gpt" and "AutoModelForCausalLM" in config["auto_map"]
+    assert (config["momentum_eta"] > 0) == folder.name.startswith("momentum-gpt-")
+
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.pipeline_tag == "text-generation" and card.data.library_name == "transformers"
+    assert card.data.to_dict()["twin_model"].split("/")[-1] in {p.name for p in FOLDERS}
+    results = json.loads((folder / "results.json").read_text())
+    card_ppl = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    arm = "momentum" if folder.name.startswith("momentum-gpt-") else "vanilla"
+    for length, value in results["validation_perplexity"][arm]["0"].items():
+        if value is not None:
+            assert card_ppl[f"Perplexity (input length {length})"] == pytest.approx(value, abs=1e-3)
+
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert type(model).__name__ == "MomentumGPTForCausalLM"
+    # A trained model: far better than uniform on held-out Gutenberg text it never saw.
+    stream = token_stream([VALID.read_text()], tokenizer)[: 2 * config["max_position_embeddings"]]
+    ppl = perplexity_at_lengths(model, stream, [config["max_position_embeddings"]])
+    assert ppl[config["max_position_embeddings"]] < config["vocab_size"] / 4
+    torch.manual_seed(0)
+    generated = model.generate(
+        **tokenizer("It was a dark and stormy night", return_tensors="pt"), max_new_tokens=8
+    )
+    assert generated.shape[1] > 8

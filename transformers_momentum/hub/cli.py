@@ -1,0 +1,70 @@
+"""``transformers-momentum publish``: upload a checkpoint folder to the Hub (or list it with --dry-run)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "publish",
+        help="Upload a checkpoint folder (model_cards/<name>) to the Hugging Face Hub as one commit.",
+        description=(
+            "Create the repository if needed and upload the folder as a single atomic commit, retrying interrupted "
+            "uploads. Honours HF_ENDPOINT and HF_TOKEN (the token is never printed)."
+        ),
+    )
+    parser.add_argument("folder", help="checkpoint folder, e.g. model_cards/momentum-gpt-1.4M-1.6M")
+    parser.add_argument("--repo-id", required=True, help="<org or user>/<name>")
+    parser.add_argument("--private", action="store_true", help="create the repository private")
+    parser.add_argument("--revision", default=None, help="branch to commit to (created from main if missing)")
+    parser.add_argument("--commit-message", default=None)
+    parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded; no network")
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="Hub token (prefer the HF_TOKEN environment variable: command lines end up in shell history)",
+    )
+    parser.add_argument(
+        "--endpoint",
+        default=None,
+        help="Hub URL (default: the HF_ENDPOINT environment variable, else huggingface.co)",
+    )
+    parser.add_argument("--max-attempts", type=int, default=4)
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .publish import PublishError, publish
+
+    try:
+        result = publish(
+            args.folder,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
+            dry_run=args.dry_run,
+            token=args.token,
+            commit_message=args.commit_message,
+            max_attempts=args.max_attempts,
+            # Read HF_ENDPOINT now rather than relying on huggingface_hub's import-time copy of it.
+            endpoint=args.endpoint or os.environ.get("HF_ENDPOINT") or None,
+        )
+    except PublishError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    verb = "Would upload" if result.dry_run else "Uploaded"
+    print(
+        f"{verb} {len(result.files)} files ({result.total_bytes / 1e6:.2f} MB) to {result.repo_id}@{result.revision}:"
+    )
+    for name, size in result.files:
+        print(f"  {size:>12,d}  {name}")
+    for note in result.notes:
+        print(f"  note: {note}")
+    if not result.dry_run:
+        print(f"commit {result.commit_oid} after {result.attempts} attempt(s)")
+        if result.commit_url:
+            print(result.commit_url)
+    return 0
