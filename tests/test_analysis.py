@@ -392,6 +392,35 @@ def test_analyze_end_to_end_api(tokenizer):
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
 
 
+def test_cached_context_on_momentum_gpt_equals_full_forward_and_is_reused_unchanged(tokenizer):
+    """MomentumGPT's momentum state cannot be cropped; the engine must still reuse the demo context exactly."""
+    from transformers_momentum import MomentumGPTConfig, MomentumGPTForCausalLM
+    from transformers_momentum.analysis.runner import _Engine
+
+    torch.manual_seed(0)
+    config = MomentumGPTConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=512,
+        momentum_eta=0.5, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )  # fmt: skip
+    model = MomentumGPTForCausalLM(config).eval()
+    context, query = list(range(3, 20)), list(range(40, 49))
+    engine = _Engine(model, layout=None, config=AnalysisConfig(progress=False))
+    try:
+        with torch.no_grad():
+            cache = engine.model(input_ids=torch.tensor([context]), use_cache=True).past_key_values
+        full, _ = engine._forward(context + query, None, keep=3)
+        for _ in range(2):  # the second call sees the cache exactly as the first did
+            cached, _ = engine._forward(query, cache, keep=3)
+            torch.testing.assert_close(cached, full, atol=1e-5, rtol=0)
+        assert cache.get_seq_length() == len(context)
+    finally:
+        engine.close()
+    result = analyze(
+        model, tokenizer, AnalysisConfig(task="sst2", k=2, n_eval=3, lr=0.05, controls=(), progress=False)
+    )
+    assert 0 <= result["accuracy.icl"] <= 100 and len(result["simaou.per_layer"]) == 2
+
+
 def test_analyze_with_lr_tuning_and_prompt_position(tokenizer):
     model = _tiny_llama(len(tokenizer))
     config = AnalysisConfig(task="sst2", k=2, n_eval=4, lr=None, lr_grid=(0.01, 0.1), n_tune=4, controls=(), analysis_position="prompt", progress=False)  # fmt: skip

@@ -56,7 +56,11 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def hub():
+def hub(monkeypatch):
+    # CI runs with HF_HUB_OFFLINE=1 (nothing may reach the real Hub); the local server is the one exception.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     with FakeHub({TOKEN: "tester", "hf_other_user_token": "other"}) as server:
         yield server
 

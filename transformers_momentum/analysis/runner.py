@@ -17,6 +17,7 @@ The untrained-model control repeats all of it on a copy of the model with re-ini
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import platform
@@ -29,6 +30,7 @@ import torch
 from peft import get_peft_model
 from torch import nn
 from tqdm.auto import tqdm
+from transformers.cache_utils import LinearAttentionLayer
 
 from ..architectures import attention_modules, get_architecture
 from ..kv_tuning import KVTuningConfig, kv_deltas
@@ -217,6 +219,11 @@ class _Engine:
     ):
         ids = torch.tensor([new_ids], device=self.device)
         recording = self.probe.record_eval(analysis_index) if record else contextlib.nullcontext()
+        # The cached context must be reused unchanged by the next example: drop this example's tokens afterwards,
+        # or, for recurrent cache layers that cannot roll back (MomentumGPT's momentum state), run on a copy.
+        rollback = cache is not None and _croppable(cache)
+        if cache is not None and not rollback:
+            cache = copy.deepcopy(cache)
         prefix = cache.get_seq_length() if cache is not None else 0
         try:
             with torch.no_grad(), recording:
@@ -224,8 +231,7 @@ class _Engine:
                     input_ids=ids, past_key_values=cache, use_cache=cache is not None, logits_to_keep=keep
                 )
         finally:
-            if cache is not None and cache.get_seq_length() > prefix:
-                # Drop this example's tokens so the cached context is reused unchanged by the next one.
+            if rollback and cache.get_seq_length() > prefix:
                 cache.crop(prefix - cache.get_seq_length())
         return output.logits[0].float(), (self.probe.eval_record() if record else None)
 
@@ -282,6 +288,11 @@ class _Engine:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+def _croppable(cache) -> bool:
+    """True when every layer of `cache` can drop its last tokens (KV layers can; recurrent-state layers cannot)."""
+    return not any(isinstance(layer, LinearAttentionLayer) for layer in getattr(cache, "layers", ()))
 
 
 def _choose_demos(pool, seed: int, layout: PromptLayout, config: AnalysisConfig, budget: int) -> list[dict]:
