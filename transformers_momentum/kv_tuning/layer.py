@@ -72,6 +72,22 @@ class KVTuningLayer(nn.Module, BaseTunerLayer):
         self.kv_tuning_roles[adapter_name] = [(role, len(r)) for (role, _), r in zip(roles, row_sets)]
         self.set_adapter(self.active_adapters)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Check shapes before torch does: its "size mismatch ... copying a param" does not tell the user that the
+        # adapter was trained for a base model of other dimensions.
+        for group in self.adapter_layer_names:
+            for adapter, parameter in getattr(self, group).items():
+                key = f"{prefix}{group}.{adapter}"
+                if key in state_dict and state_dict[key].shape != parameter.shape:
+                    raise ValueError(
+                        f"This K/V-tuning adapter does not fit the base model: {key} has shape "
+                        f"{tuple(state_dict[key].shape)} in the adapter but {tuple(parameter.shape)} here (base layer "
+                        f"{type(self.get_base_layer()).__name__} {self.in_features} -> {self.out_features}). The "
+                        "adapter was trained on a model with other dimensions; load it onto the base model it was "
+                        "trained for (adapter_config.json: base_model_name_or_path)."
+                    )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _rows(self, adapter: str) -> torch.Tensor:
         rows = self.kv_tuning_rows[adapter]
         return (
