@@ -28,6 +28,8 @@ from transformers_momentum.analysis import (
     kendall,
     kv_finetune,
     load_task_data,
+    order_sensitivity,
+    output_kl,
     random_label_demos,
     rec2ftp,
     simam,
@@ -47,7 +49,19 @@ ATOL = 1e-6
 
 def _word_tokenizer(extra_words=()) -> PreTrainedTokenizerFast:
     """A word-level tokenizer over the bundled SST-2 subset: ids are predictable, unknown words map to [UNK]."""
-    words = {"Sentence", "Label", ":", "Negative", "Positive", *extra_words}
+    # AG News label words too: the default different-task control finetunes on AG News demonstrations.
+    words = {
+        "Sentence",
+        "Label",
+        ":",
+        "Negative",
+        "Positive",
+        "World",
+        "Sports",
+        "Business",
+        "Technology",
+        *extra_words,
+    }
     for split in ("train", "eval"):
         for line in (BUNDLED_DIR / "sst2" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
             words.update(re.findall(r"\w+|[^\w\s]", json.loads(line)["sentence"]))
@@ -150,6 +164,21 @@ def test_kendall_and_topk_hand_computed():
 def test_ft_attention_to_training_tokens():
     queries = torch.tensor([[1.0, 2.0], [0.0, 1.0], [3.0, 0.0]])
     assert ft_attention_to_training_tokens(queries, torch.tensor([1.0, 1.0])).tolist() == [3.0, 1.0, 3.0]
+
+
+def test_output_kl_and_order_sensitivity_hand_computed():
+    p, q = torch.tensor([0.5, 0.5]), torch.tensor([0.25, 0.75])
+    expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert output_kl(p.log(), q.log()) == pytest.approx(expected)
+    assert output_kl(q.log(), q.log()) == 0.0
+    predictions = np.array([[0, 1, 2], [0, 1, 1], [0, 0, 2]])  # 3 orders x 3 examples
+    gold = np.array([[0.9, 0.5, 0.2], [0.9, 0.7, 0.2], [0.9, 0.3, 0.5]])
+    flipped, spread = order_sensitivity(predictions, gold)
+    assert flipped.tolist() == [False, True, True]
+    np.testing.assert_allclose(spread, gold.std(axis=0))
+    assert spread[0] == 0.0
+    with pytest.raises(ValueError, match="orders >= 2"):
+        order_sensitivity(predictions[:1], gold[:1])
 
 
 def test_streaming_metric_and_bootstrap():
@@ -383,7 +412,13 @@ def test_analyze_end_to_end_api(tokenizer):
                 "simaou.random_mean", "simam.before_ft", "simam.after_ft", "kendall.mean", "kendall.random_mean", "config"):  # fmt: skip
         result[key]  # noqa: B018 - every documented key exists
     assert len(r["simaou"]["per_layer"]) == 2 and -1 <= r["simaou"]["mean"] <= 1
-    assert set(r["controls"]) == {"lcgd", "random_label", "untrained"}
+    assert set(r["controls"]) == {"lcgd", "random_label", "other_task", "untrained"}
+    other = r["controls"]["other_task"]
+    assert -1 <= other["simaou"]["mean"] <= 1 and other["kendall"]["mean"] is None  # tokens do not line up
+    out = r["output"]
+    assert out["kl_icl_ft"] >= 0 and out["kl_icl_zsl"] >= 0 and 0 <= out["topk_overlap_icl_ft"] <= 1
+    order = r["order_sensitivity"]
+    assert order["orders"] == 3 and 0 <= order["icl_flip_rate"] <= 100 and order["ft_gold_prob_std"] >= 0
     assert r["config"]["seeds_analyzed"] == [1, 2] and [s["k_effective"] for s in r["seeds"]] == [3, 3]
     assert r["weight_space"]["per_layer"] and len(r["weight_space"]["per_layer_head"][0]) == 2  # kv heads
     # The model comes back unwrapped and unchanged.
@@ -536,8 +571,14 @@ def test_smollm2_end_to_end():
 
     torch.set_num_threads(1)  # two threads oversubscribe a shared 2-core machine
     model, tokenizer = load_model("smollm2-135m", device="cpu")
-    config = AnalysisConfig(task="sst2", k=4, n_eval=12, lr=1e-3, controls=(), kendall_n=12, progress=False)
+    config = AnalysisConfig(
+        task="sst2", k=4, n_eval=12, lr=1e-3, controls=("other_task", "order"), order_permutations=1, kendall_n=12,
+        progress=False,
+    )  # fmt: skip
     r = analyze(model, tokenizer, config).results
+    # ICL moves the real model's next-token distribution: KL(ICL || ZSL) is well above zero.
+    assert r["output"]["kl_icl_zsl"] > 0.01 and r["output"]["kl_icl_ft"] >= 0
+    assert r["config"]["other_task_used"] == "agnews" and r["order_sensitivity"]["orders"] == 2
     assert r["config"]["num_layers"] == 30 and len(r["simaou"]["per_layer"]) == 30
     assert r["config"]["start_token_ids"] == [tokenizer.bos_token_id]
     # The real model's SimAM before FT is far from zero: ICL and ZSL attend to the query tokens alike.

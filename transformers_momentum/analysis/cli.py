@@ -81,7 +81,15 @@ def add_cli(subparsers) -> None:
         help="Use as many demos as fit instead of failing (the paper's 'true K').",
     )
     parser.add_argument(
-        "--controls", default="untrained,lcgd,random_label", help="Comma-separated controls, or 'none'."
+        "--controls",
+        default="untrained,lcgd,random_label,other_task,order",
+        help="Comma-separated controls (untrained, lcgd, random_label, other_task, order), or 'none'.",
+    )
+    parser.add_argument(
+        "--other-task", default=None, help="Task of the different-task FT control (default agnews, or sst2)."
+    )
+    parser.add_argument(
+        "--order-permutations", type=int, default=2, help="Extra demonstration orders for the order control."
     )
     parser.add_argument(
         "--kendall-n", type=int, default=100, help="Examples used for Kendall τ (paper: 100)."
@@ -150,6 +158,8 @@ def run_analyze(args: argparse.Namespace) -> int:
             allow_fewer_demos=args.allow_fewer_demos,
             kendall_n=args.kendall_n,
             controls=controls or (),
+            other_task=args.other_task,
+            order_permutations=args.order_permutations,
             per_example=args.per_example,
             data_dir=args.data_dir,
             hub=args.hub,

@@ -118,6 +118,28 @@ def topk_recall(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, k: i
     return len(top_a & top_b) / k
 
 
+def output_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> float:
+    """KL(p || q) of two next-token distributions given as full-vocabulary log-probabilities (Shen et al.'s
+    "ICL and GD modify the output distribution differently"); in nats, computed in float64."""
+    log_p, log_q = log_p.double(), log_q.double()
+    return float((log_p.exp() * (log_p - log_q)).sum())
+
+
+def order_sensitivity(
+    predictions: np.ndarray, gold_probabilities: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per example, across demonstration orders (Shen et al.'s order-sensitivity test).
+
+    `predictions` and `gold_probabilities` are (orders, examples). Returns (flipped, spread): whether the predicted
+    label is not the same under every order, and the standard deviation over orders of the gold label's probability.
+    """
+    predictions, gold_probabilities = np.asarray(predictions), np.asarray(gold_probabilities, dtype=float)
+    if predictions.ndim != 2 or predictions.shape != gold_probabilities.shape or predictions.shape[0] < 2:
+        raise ValueError("order_sensitivity needs (orders >= 2, examples) arrays of equal shape")
+    flipped = (predictions != predictions[0]).any(axis=0)
+    return flipped, gold_probabilities.std(axis=0)
+
+
 def ft_attention_to_training_tokens(train_queries: torch.Tensor, test_query: torch.Tensor) -> torch.Tensor:
     """m_FT (paper §3.5): inner products of the training tokens' scaled queries (N, heads*d) with the test token's
     scaled query (heads*d,), i.e. Σ_h Q'ᵀq summed over heads. Returns (N,)."""

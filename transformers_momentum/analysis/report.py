@@ -142,7 +142,11 @@ def render_report(results: dict[str, Any]) -> str:
             None,
         ),
         ("weight space cos(ΔW_ICL, ΔW_FT)", _get(results, "weight_space.mean"), None, None, None),
-    ]
+        ("next-token KL(ICL ‖ FT), nats", _get(results, "output.kl_icl_ft"), _get(results, "output.kl_icl_ft_ci95"), None, None),
+        ("next-token KL(ICL ‖ ZSL), nats (reference)", _get(results, "output.kl_icl_zsl"), _get(results, "output.kl_icl_zsl_ci95"), None, None),
+        (f"next-token top-{_get(results, 'output.topk')} overlap (ICL, FT)", _get(results, "output.topk_overlap_icl_ft"), None, None, None),
+        (f"next-token top-{_get(results, 'output.topk')} overlap (ICL, ZSL)", _get(results, "output.topk_overlap_icl_zsl"), None, None, None),
+    ]  # fmt: skip
     for name, value, ci, paper_key, deutch_value in rows:
         p = paper(paper_key) if paper_key else (None, None)
         lines.append(
@@ -188,6 +192,19 @@ def render_report(results: dict[str, Any]) -> str:
                     (None, None),
                 )
             )
+        if "other_task" in controls:
+            c = controls["other_task"]
+            entries.append(
+                (
+                    f"FT on another task ({config.get('other_task_used')})",
+                    c["accuracy_ft"],
+                    c["simaou"]["mean"],
+                    c["simam_after_ft"]["mean"],
+                    c["delta_simam"]["mean"],
+                    c["kendall"]["mean"],
+                    (None, None),
+                )
+            )
         if "untrained" in controls:
             c = controls["untrained"]
             entries.append(
@@ -204,6 +221,15 @@ def render_report(results: dict[str, Any]) -> str:
         for name, ft_acc, s, a, d, kt, dv in entries:
             lines.append(
                 f"| {name} | {_fmt(ft_acc, 1)} | {_fmt(s)} | {_fmt(a)} | {_fmt(d)} | {_fmt(kt)} | {_fmt(dv[0])} / {_fmt(dv[1])} |"
+            )
+    order = results.get("order_sensitivity")
+    if order:
+        lines += ["", f"## Order sensitivity (Shen et al.; the same demonstrations in {order['orders']} orders)", "",
+                  "| | predictions that change with the order (%) | std of P(gold) across orders |", "|---|---|---|"]  # fmt: skip
+        for setting in ("icl", "ft"):
+            lines.append(
+                f"| {setting.upper()} | {_fmt(order[f'{setting}_flip_rate'], 1)}{_ci(order[f'{setting}_flip_rate_ci95'])} "
+                f"| {_fmt(order[f'{setting}_gold_prob_std'])}{_ci(order[f'{setting}_gold_prob_std_ci95'])} |"
             )
     lines += ["", "## Per seed", "", "| seed | k | lr | ZSL | ICL | FT | SimAOU | SimAM before | SimAM after | Kendall |",
               "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip

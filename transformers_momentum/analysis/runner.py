@@ -46,6 +46,8 @@ from .metrics import (
     ft_attention_to_training_tokens,
     head_cosines,
     kendall,
+    order_sensitivity,
+    output_kl,
     rec2ftp,
     simam,
     simaou,
@@ -56,7 +58,8 @@ from .probe import AttentionProbe, KVInputSecondMoment, ProbeRecord, unwrap_mode
 from .prompt import Context, PromptLayout
 from .tasks import AnalysisInputError, TaskData, TaskSpec, get_task, load_task_data
 
-CONTROLS = ("untrained", "lcgd", "random_label")
+# Deutch et al.: untrained model, layer-causal GD; random-label and different-task FT; Shen et al.: demo order.
+CONTROLS = ("untrained", "lcgd", "random_label", "other_task", "order")
 PAPER_LR_GRID = tuple(m * s for s in (0.1, 0.01, 0.001, 0.0001) for m in range(1, 10))
 
 
@@ -80,6 +83,9 @@ class AnalysisConfig:
     kendall_n: int = 100
     topk: int = 100
     controls: tuple[str, ...] = CONTROLS
+    other_task: str | None = None  # the "other_task" control's FT demos (None: agnews, or sst2 for agnews)
+    order_permutations: int = 2  # extra demonstration orders for the "order" control
+    output_topk: int = 10  # top-k token overlap of the ICL and FT next-token distributions
     per_example: bool = False
     data_dir: str | None = None
     hub: bool = False
@@ -96,6 +102,8 @@ class AnalysisConfig:
             raise AnalysisInputError(
                 "analysis_position must be 'label' (paper code) or 'prompt' (last prompt token)."
             )
+        if self.order_permutations < 1 or self.output_topk < 1:
+            raise AnalysisInputError("order_permutations and output_topk must be >= 1.")
         if self.k < 1 or self.n_eval < 1 or not self.seeds:
             raise AnalysisInputError("k and n_eval must be >= 1 and at least one seed is needed.")
         if self.lr is None and not self.lr_grid:
@@ -137,6 +145,8 @@ class _Comparison:
     topk: StreamingMetric = field(default_factory=StreamingMetric)
     topk_random: StreamingMetric = field(default_factory=StreamingMetric)
     kendall_prerope: StreamingMetric = field(default_factory=StreamingMetric)
+    output_kl: StreamingMetric = field(default_factory=StreamingMetric)  # KL(p_ICL || p_FT), next token
+    output_topk: StreamingMetric = field(default_factory=StreamingMetric)
     weight_cosine: list[list[float]] | None = None  # per layer, per head
     previous_delta: torch.Tensor | None = None
     losses: list[float] = field(default_factory=list)
@@ -154,6 +164,8 @@ class _Comparison:
             "topk",
             "topk_random",
             "kendall_prerope",
+            "output_kl",
+            "output_topk",
         ):
             getattr(self, name).merge(getattr(other, name))
 
@@ -167,6 +179,13 @@ class _ModelStats:
     simam_before: StreamingMetric = field(default_factory=StreamingMetric)
     simaou_uniform: StreamingMetric = field(default_factory=StreamingMetric)
     simaou_gaussian: StreamingMetric = field(default_factory=StreamingMetric)
+    output_kl_zsl: StreamingMetric = field(
+        default_factory=StreamingMetric
+    )  # KL(p_ICL || p_ZSL): the reference
+    output_topk_zsl: StreamingMetric = field(default_factory=StreamingMetric)
+    # order control, per example: prediction changes across orders / std of P(gold) across orders
+    order_flipped: dict[str, list[bool]] = field(default_factory=lambda: {"icl": [], "ft": []})
+    order_spread: dict[str, list[float]] = field(default_factory=lambda: {"icl": [], "ft": []})
     comparisons: dict[str, _Comparison] = field(default_factory=dict)
     examples: list[dict] = field(default_factory=list)
 
@@ -176,6 +195,11 @@ class _ModelStats:
         self.simam_before.merge(other.simam_before)
         self.simaou_uniform.merge(other.simaou_uniform)
         self.simaou_gaussian.merge(other.simaou_gaussian)
+        self.output_kl_zsl.merge(other.output_kl_zsl)
+        self.output_topk_zsl.merge(other.output_topk_zsl)
+        for setting in ("icl", "ft"):
+            self.order_flipped[setting] += other.order_flipped[setting]
+            self.order_spread[setting] += other.order_spread[setting]
         for name, comparison in other.comparisons.items():
             self.comparisons.setdefault(name, _Comparison()).merge(comparison)
         self.examples += other.examples
@@ -268,6 +292,8 @@ class _Engine:
                 analysis_index=analysis_index,
             )  # fmt: skip
         log_probs = torch.log_softmax(logits, dim=-1)
+        # The next-token distribution at the last prompt position (output-distribution metrics).
+        self.last_log_probs = log_probs[0]
         if self.layout.single_token_labels:
             scores = [float(log_probs[0][answer[0]]) for answer in label_ids]
         else:
@@ -278,7 +304,20 @@ class _Engine:
                     log_probs = torch.log_softmax(logits, dim=-1)
                 # kept position j (0 = last prompt token) predicts answer token j
                 scores.append(float(np.mean([float(log_probs[j][token]) for j, token in enumerate(answer)])))
+        self.last_candidate_probs = np.exp(np.asarray(scores) - np.logaddexp.reduce(scores))
         return int(np.argmax(scores)), record_out
+
+    def predictions(
+        self, context: Context, examples: list[dict], state: dict[str, torch.Tensor]
+    ) -> tuple[list[int], list[float]]:
+        """Predicted labels and the gold label's probability (softmax over candidate scores) on `examples`."""
+        self.load_state(state)
+        cache = self.context_cache(context)
+        predicted, gold_probability = [], []
+        for example in examples:
+            predicted.append(self.predict(context, cache, example, record=False)[0])
+            gold_probability.append(float(self.last_candidate_probs[int(example["label"])]))
+        return predicted, gold_probability
 
     def accuracy_on(self, context: Context, examples: list[dict], state: dict[str, torch.Tensor]) -> float:
         self.load_state(state)
@@ -355,6 +394,28 @@ def _weight_space(engine: _Engine, demo_moment, query_moment, state) -> list[lis
     return result
 
 
+def _order_control(engine, layout, demos, eval_examples, lr, seed, config, in_order, stats) -> None:
+    """Shen et al.'s order test: the same demos in other orders, for ICL (the prompt) and FT (the SGD order)."""
+    rng = np.random.default_rng(seed + 104_729)
+    runs = {setting: ([list(p)], [list(g)]) for setting, (p, g) in in_order.items()}
+    for _ in range(config.order_permutations):
+        order = rng.permutation(len(demos))
+        permuted = [demos[i] for i in order]
+        predicted, gold = engine.predictions(layout.context(permuted), eval_examples, engine.zero_state)
+        runs["icl"][0].append(predicted)
+        runs["icl"][1].append(gold)
+        engine.load_state(engine.zero_state)
+        kv_finetune(engine.model, [layout.ft_sequence(d) for d in permuted], lr)
+        predicted, gold = engine.predictions(layout.zero_shot_context(), eval_examples, engine.snapshot())
+        runs["ft"][0].append(predicted)
+        runs["ft"][1].append(gold)
+    engine.moments.moments[:] = [None] * len(engine.moments.moments)  # the ICL contexts added to them
+    for setting, (predictions, gold) in runs.items():
+        flipped, spread = order_sensitivity(np.array(predictions), np.array(gold))
+        stats.order_flipped[setting] += flipped.tolist()
+        stats.order_spread[setting] += spread.tolist()
+
+
 # ------------------------------------------------------------------------------------------------ one seed
 
 
@@ -370,6 +431,7 @@ def _run_seed(
     variants: tuple[str, ...],
     lr_cache: dict,
     label: str,
+    other: tuple[PromptLayout, Any] | None = None,
 ) -> tuple[_ModelStats, dict]:
     layout = engine.layout
     demos = _choose_demos(demo_pool, seed, layout, config, budget)
@@ -408,17 +470,25 @@ def _run_seed(
     for variant in variants:
         engine.load_state(engine.zero_state)
         sequences = ft_sequences
+        records_queries = not engine.probe.fallback
         if variant == "random_label":
             sequences = [
                 layout.ft_sequence(d)
                 for d in random_label_demos(demos, layout.task.num_classes, seed=seed + 7919)
             ]
+        elif variant == "other_task":
+            # k demonstrations of another task in its own format: an update that teaches nothing about this task.
+            # Its tokens do not line up with the ICL demos, so it has no Kendall comparison.
+            other_layout, other_pool = other
+            other_demos = list(other_pool.shuffle(seed=seed).select(range(min(len(demos), len(other_pool)))))
+            sequences = [other_layout.ft_sequence(d) for d in other_demos]
+            records_queries = False
         trace = kv_finetune(
             engine.model,
             sequences,
             lr,
             method="lcgd" if variant == "lcgd" else "gd",
-            probe=None if engine.probe.fallback else engine.probe,
+            probe=engine.probe if records_queries else None,
             start_length=start,
         )
         states[variant] = engine.snapshot()
@@ -438,13 +508,21 @@ def _run_seed(
 
     generator = torch.Generator().manual_seed(config.bootstrap_seed + seed)
     rng = np.random.default_rng(config.bootstrap_seed + seed)
+    # In the paper's demonstration order, for the order control: {setting: (predictions, gold probabilities)}.
+    in_order: dict[str, tuple[list[int], list[float]]] = {"icl": ([], []), "ft": ([], [])}
     for index, example in enumerate(
         tqdm(eval_examples, desc=f"[{label}] seed {seed}", disable=not config.progress, leave=False)
     ):
         gold = int(example["label"])
         engine.load_state(engine.zero_state)
         zsl_pred, zsl = engine.predict(zero_context, None, example, record=True, accumulate_moments=True)
+        zsl_log_probs = engine.last_log_probs
         icl_pred, icl = engine.predict(context, cache, example, record=True)
+        icl_log_probs = engine.last_log_probs
+        in_order["icl"][0].append(icl_pred)
+        in_order["icl"][1].append(float(engine.last_candidate_probs[gold]))
+        stats.output_kl_zsl.add(np.array([output_kl(icl_log_probs, zsl_log_probs)]))
+        stats.output_topk_zsl.add(np.array([topk_recall(icl_log_probs, zsl_log_probs, config.output_topk)]))
         stats.zsl_correct.append(zsl_pred == gold)
         stats.icl_correct.append(icl_pred == gold)
         zsl_q = [s[:, start:] for s in zsl.scores]
@@ -461,6 +539,13 @@ def _run_seed(
             engine.load_state(states[variant])
             ft_pred, ft = engine.predict(zero_context, None, example, record=True)
             comparison.correct.append(ft_pred == gold)
+            comparison.output_kl.add(np.array([output_kl(icl_log_probs, engine.last_log_probs)]))
+            comparison.output_topk.add(
+                np.array([topk_recall(icl_log_probs, engine.last_log_probs, config.output_topk)])
+            )
+            if variant == "ft":
+                in_order["ft"][0].append(ft_pred)
+                in_order["ft"][1].append(float(engine.last_candidate_probs[gold]))
             comparison.simaou.add(simaou(zsl.attention_output, icl.attention_output, ft.attention_output))
             delta_ft = attention_update(zsl.attention_output, ft.attention_output)
             if (
@@ -511,6 +596,8 @@ def _run_seed(
         stats.comparisons[variant].weight_cosine = _weight_space(
             engine, demo_moment, query_moment, states[variant]
         )
+    if "order" in config.controls and "ft" in variants and label == "model" and len(demos) > 1:
+        _order_control(engine, layout, demos, eval_examples, lr, seed, config, in_order, stats)
     engine.load_state(engine.zero_state)
     info["demo_indices"] = [int(i) for i in demo_pool.shuffle(seed=seed)["__pool_index"][: len(demos)]]
     return stats, info
@@ -583,8 +670,36 @@ def _summarize_model(stats: _ModelStats, config: AnalysisConfig) -> dict[str, An
         "pre_rotary_per_layer": main.kendall_prerope.per_layer,
     }
     out["weight_space"] = _weight_summary([main.weight_cosine] if main.weight_cosine else None)
+    ft_kl, zsl_kl = main.output_kl.summary(seed), stats.output_kl_zsl.summary(seed)
+    out["output"] = {
+        "kl_icl_ft": ft_kl["mean"],
+        "kl_icl_ft_ci95": ft_kl["ci95"],
+        "kl_icl_zsl": zsl_kl["mean"],
+        "kl_icl_zsl_ci95": zsl_kl["ci95"],
+        "topk_overlap_icl_ft": main.output_topk.mean,
+        "topk_overlap_icl_zsl": stats.output_topk_zsl.mean,
+        "topk": config.output_topk,
+    }
+    if stats.order_flipped["icl"]:
+        out["order_sensitivity"] = {
+            "orders": 1 + config.order_permutations,
+            **{
+                f"{setting}_{name}": values
+                for setting in ("icl", "ft")
+                for name, values in (
+                    ("flip_rate", 100.0 * float(np.mean(stats.order_flipped[setting]))),
+                    ("flip_rate_ci95", acc_ci(stats.order_flipped[setting])),
+                    ("gold_prob_std", float(np.mean(stats.order_spread[setting]))),
+                    ("gold_prob_std_ci95", _list(bootstrap_ci(stats.order_spread[setting], seed=seed))),
+                )
+            },
+        }
     out["ft_losses"] = main.losses
     return out
+
+
+def _list(ci):
+    return list(ci) if ci else None
 
 
 def _weight_summary(per_seed_cosines) -> dict[str, Any] | None:
@@ -612,6 +727,8 @@ def _summarize_variant(stats: _ModelStats, variant: str, config: AnalysisConfig,
             "random_mean": comparison.kendall_random.mean,
         },
         "weight_space": _weight_summary(weights),
+        "output_kl": comparison.output_kl.mean,
+        "output_topk_overlap": comparison.output_topk.mean,
     }
 
 
@@ -685,7 +802,14 @@ def analyze(
             f"The longest evaluation example ({longest} tokens) does not fit in {max_length} tokens."
         )
 
-    main_variants = ("ft",) + tuple(v for v in ("lcgd", "random_label") if v in config.controls)
+    main_variants = ("ft",) + tuple(v for v in ("lcgd", "random_label", "other_task") if v in config.controls)
+    other = None
+    if "other_task" in config.controls:
+        other_spec = get_task(config.other_task or ("sst2" if task.name == "agnews" else "agnews"))
+        if other_spec.name == task.name:
+            raise AnalysisInputError("other_task must differ from the analysed task.")
+        other_data = load_task_data(other_spec, config.data_dir, hub=config.hub)
+        other = (PromptLayout(tokenizer, other_spec, separator=config.separator), other_data.train)
     runs = [("model", model, main_variants)]
     if "untrained" in config.controls:
         runs.append(("untrained", None, ("ft",)))
@@ -723,6 +847,7 @@ def analyze(
                     variants,
                     lr_cache,
                     label,
+                    other,
                 )
                 totals.setdefault(label, _ModelStats()).merge(stats)
                 for variant in variants:
@@ -768,6 +893,7 @@ def analyze(
         "data_source": data.source,
         "n_eval_used": len(eval_examples),
         "tuning_split": tuning_split,
+        "other_task_used": other[0].task.name if other else None,
         "seeds_analyzed": seeds,
         "seed_selection": seed_infos,
         "max_length_used": max_length,
