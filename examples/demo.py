@@ -80,6 +80,8 @@ def demo_analysis(out_dir: Path, n_eval: int, k: int) -> dict:
         "simam_after_ft": result["simam.after_ft"],
         "kendall": result["kendall.mean"],
         "kendall_random": result["kendall.random_mean"],
+        "next_token_kl_icl_ft": result["output.kl_icl_ft"],
+        "next_token_kl_icl_zsl": result["output.kl_icl_zsl"],
     }
     acc = summary["accuracy"]
     print(f"\nSST-2, {n_eval} held-out sentences, k={k} demonstrations, SmolLM2-135M:")
@@ -90,6 +92,10 @@ def demo_analysis(out_dir: Path, n_eval: int, k: int) -> dict:
     )
     print(f"  SimAM before / after FT: {summary['simam_before_ft']:.3f} / {summary['simam_after_ft']:.3f}")
     print(f"  Kendall tau {summary['kendall']:.3f} (random {summary['kendall_random']:.3f})")
+    print(
+        f"  next-token KL(ICL || FT) {summary['next_token_kl_icl_ft']:.3f} nats "
+        f"(KL(ICL || ZSL) {summary['next_token_kl_icl_zsl']:.3f})"
+    )
     return summary
 
 
