@@ -26,7 +26,9 @@ class MomentumGPTConfig(PreTrainedConfig):
         num_attention_heads (`int`): Number of attention heads; must divide `hidden_size`.
         intermediate_size (`int`, *optional*): Width of the MLP; `None` means `4 * hidden_size`.
         max_position_embeddings (`int`): Size of the learned position table (the longest sequence).
-        hidden_act (`str`): MLP activation (`"gelu_new"` is GPT-2's tanh approximation).
+        hidden_act (`str`): MLP activation. The default `"gelu_pytorch_tanh"` is GPT-2's tanh-approximated GELU
+            (`"gelu_new"`) computed by one fused PyTorch kernel: the same function within float rounding, and a few
+            percent of a train step faster than `"gelu_new"`'s chain of elementwise ops.
         embd_pdrop / resid_pdrop / attn_pdrop (`float`): Dropout on embeddings, residual branches, attention probs.
         layer_norm_epsilon (`float`): LayerNorm epsilon.
         initializer_range (`float`): Std of the normal initialiser.
@@ -56,7 +58,7 @@ class MomentumGPTConfig(PreTrainedConfig):
     num_attention_heads: int = 12
     intermediate_size: int | None = None
     max_position_embeddings: int = 1024
-    hidden_act: str = "gelu_new"
+    hidden_act: str = "gelu_pytorch_tanh"
     embd_pdrop: float | int = 0.0
     resid_pdrop: float | int = 0.0
     attn_pdrop: float | int = 0.0

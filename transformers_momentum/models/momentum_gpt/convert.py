@@ -37,7 +37,11 @@ def gpt2_config_to_momentum(config: GPT2Config, momentum_eta: float = 0.0, **ove
         "num_attention_heads": config.n_head,
         "intermediate_size": config.n_inner or 4 * config.n_embd,
         "max_position_embeddings": config.n_positions,
-        "hidden_act": config.activation_function,
+        # GPT-2's "gelu_new" is the tanh GELU in elementwise ops; the fused kernel computes the same function
+        # (logits within ~1e-6) faster. Any other activation is kept as it is.
+        "hidden_act": "gelu_pytorch_tanh"
+        if config.activation_function == "gelu_new"
+        else config.activation_function,
         "embd_pdrop": config.embd_pdrop,
         "resid_pdrop": config.resid_pdrop,
         "attn_pdrop": config.attn_pdrop,
