@@ -1,4 +1,4 @@
-"""The quick-start job (`make demo`): everything on embedded defaults, offline, about two minutes on 2 CPU cores.
+"""The quick-start job (`make demo`): everything on embedded defaults, offline, under a minute on 2 idle CPU cores.
 
 1. Loads the shipped momentum checkpoint and its vanilla twin from `model_cards/` by path with
    `AutoModelForCausalLM` (registered by `import transformers_momentum`), scores both on held-out text and
