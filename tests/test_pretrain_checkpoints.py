@@ -10,7 +10,7 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import transformers_momentum  # noqa: F401  (registers MomentumGPT)
+import transformers_momentum  # registers MomentumGPT
 from transformers_momentum.hub import list_checkpoint_files
 from transformers_momentum.pretraining import perplexity_at_lengths, token_stream
 
@@ -44,6 +44,13 @@ def test_shipped_checkpoint_loads_offline_and_matches_its_card(folder):
     for length, value in results["validation_perplexity"][arm]["0"].items():
         if value is not None:
             assert card_ppl[f"Perplexity (input length {length})"] == pytest.approx(value, abs=1e-3)
+
+    # The code a trust_remote_code user runs is the package's own (checkpoints carry a copy; keep it current).
+    package_code = Path(transformers_momentum.__file__).parent / "models" / "momentum_gpt"
+    for name in ("modeling_momentum_gpt.py", "configuration_momentum_gpt.py"):
+        assert (folder / name).read_text() == (package_code / name).read_text(), (
+            f"{folder.name}/{name} is stale"
+        )
 
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -64,14 +64,16 @@ def momentum_scan(
     batch, heads, length, head_dim = values.shape
     compute_dtype = torch.float32 if values.dtype in (torch.float16, torch.bfloat16) else values.dtype
     v = values.to(compute_dtype)
-    eta_t = torch.as_tensor(eta, dtype=compute_dtype, device=values.device).reshape(-1).expand(heads)
 
     if length == 1:
-        # One decoding step: m_0 = s and m_1 = eta * (s + v_0); skip the chunk machinery (this is the hot path of
-        # generate(), where per-step overhead matters more than arithmetic).
+        # One decoding step: m_0 = s and m_1 = eta * (s + v_0); skip the chunk machinery and every helper tensor
+        # (this is the hot path of generate(), where per-step overhead matters more than arithmetic).
         state = torch.zeros_like(v[:, :, 0]) if initial_state is None else initial_state.to(compute_dtype)
-        final_state = eta_t[None, :, None] * (state + v[:, :, 0])
+        step_eta = eta.reshape(1, -1, 1).to(compute_dtype) if isinstance(eta, torch.Tensor) else eta
+        final_state = step_eta * (state + v[:, :, 0])
         return state[:, :, None].to(values.dtype), final_state.to(values.dtype)
+
+    eta_t = torch.as_tensor(eta, dtype=compute_dtype, device=values.device).reshape(-1).expand(heads)
 
     chunk = max(1, min(chunk_size, length))
     n_chunks = math.ceil(length / chunk)

@@ -166,43 +166,30 @@ def render_report(results: dict[str, Any]) -> str:
             (deutch("simaou_gd"), deutch("delta_simam_gd")),
         )
         entries = [main]
-        if "lcgd" in controls:
-            c = controls["lcgd"]
-            entries.append(
-                (
-                    "layer-causal GD",
-                    c["accuracy_ft"],
-                    c["simaou"]["mean"],
-                    c["simam_after_ft"]["mean"],
-                    c["delta_simam"]["mean"],
-                    c["kendall"]["mean"],
-                    (deutch("simaou_lcgd"), deutch("delta_simam_lcgd")),
-                )
+        # FT variants on the real model: (control key, row label, Deutch et al. suffix or None).
+        variants = (
+            ("lcgd", "layer-causal GD", "lcgd"),
+            ("random_label", "random-label FT", None),
+            ("other_task", f"FT on another task ({config.get('other_task_used')})", None),
+        )
+        for key, label, deutch_suffix in variants:
+            if key not in controls:
+                continue
+            c = controls[key]
+            published = (
+                (deutch(f"simaou_{deutch_suffix}"), deutch(f"delta_simam_{deutch_suffix}"))
+                if deutch_suffix
+                else (None, None)
             )
-        if "random_label" in controls:
-            c = controls["random_label"]
             entries.append(
                 (
-                    "random-label FT",
+                    label,
                     c["accuracy_ft"],
                     c["simaou"]["mean"],
                     c["simam_after_ft"]["mean"],
                     c["delta_simam"]["mean"],
                     c["kendall"]["mean"],
-                    (None, None),
-                )
-            )
-        if "other_task" in controls:
-            c = controls["other_task"]
-            entries.append(
-                (
-                    f"FT on another task ({config.get('other_task_used')})",
-                    c["accuracy_ft"],
-                    c["simaou"]["mean"],
-                    c["simam_after_ft"]["mean"],
-                    c["delta_simam"]["mean"],
-                    c["kendall"]["mean"],
-                    (None, None),
+                    published,
                 )
             )
         if "untrained" in controls:

@@ -222,6 +222,9 @@ class _Engine:
         self.params = trainable_parameters(self.model)
         self.zero_state = {name: torch.zeros_like(p) for name, p in self.params.items()}
         self.device = next(self.model.parameters()).device
+        # Set by every predict(): the last prompt position's next-token log-probs and the candidates' probabilities.
+        self.last_log_probs: torch.Tensor | None = None
+        self.last_candidate_probs: np.ndarray | None = None
 
     def close(self) -> None:
         self.probe.remove()
@@ -681,19 +684,14 @@ def _summarize_model(stats: _ModelStats, config: AnalysisConfig) -> dict[str, An
         "topk": config.output_topk,
     }
     if stats.order_flipped["icl"]:
-        out["order_sensitivity"] = {
-            "orders": 1 + config.order_permutations,
-            **{
-                f"{setting}_{name}": values
-                for setting in ("icl", "ft")
-                for name, values in (
-                    ("flip_rate", 100.0 * float(np.mean(stats.order_flipped[setting]))),
-                    ("flip_rate_ci95", acc_ci(stats.order_flipped[setting])),
-                    ("gold_prob_std", float(np.mean(stats.order_spread[setting]))),
-                    ("gold_prob_std_ci95", _list(bootstrap_ci(stats.order_spread[setting], seed=seed))),
-                )
-            },
-        }
+        order: dict[str, Any] = {"orders": 1 + config.order_permutations}
+        for setting in ("icl", "ft"):
+            flipped, spread = stats.order_flipped[setting], stats.order_spread[setting]
+            order[f"{setting}_flip_rate"] = 100.0 * float(np.mean(flipped))
+            order[f"{setting}_flip_rate_ci95"] = acc_ci(flipped)
+            order[f"{setting}_gold_prob_std"] = float(np.mean(spread))
+            order[f"{setting}_gold_prob_std_ci95"] = _list(bootstrap_ci(spread, seed=seed))
+        out["order_sensitivity"] = order
     out["ft_losses"] = main.losses
     return out
 
