@@ -40,6 +40,7 @@ from transformers_momentum.analysis import (
 )
 from transformers_momentum.analysis.tasks import BUNDLED_DIR, TASKS
 from transformers_momentum.cli import main as cli_main
+from transformers_momentum.compat import cache_kwargs, output_cache
 from transformers_momentum.kv_tuning import KVTuningConfig
 
 ATOL = 1e-6
@@ -245,9 +246,9 @@ def test_probe_with_cached_prefix_matches_full_sequence():
         full = model(ids).logits[0, -2]
     full_record = probe.eval_record()
     with torch.no_grad():
-        cache = model(ids[:, :9], use_cache=True).past_key_values
+        cache = output_cache(model(ids[:, :9], use_cache=True))
         with probe.record_eval(-2):
-            cached = model(ids[:, 9:], past_key_values=cache, use_cache=True).logits[0, -2]
+            cached = model(ids[:, 9:], **cache_kwargs(cache), use_cache=True).logits[0, -2]
     cached_record = probe.eval_record()
     torch.testing.assert_close(full, cached, atol=1e-5, rtol=0)
     for a, b in zip(full_record.scores, cached_record.scores, strict=True):
@@ -442,7 +443,7 @@ def test_cached_context_on_momentum_gpt_equals_full_forward_and_is_reused_unchan
     engine = _Engine(model, layout=None, config=AnalysisConfig(progress=False))
     try:
         with torch.no_grad():
-            cache = engine.model(input_ids=torch.tensor([context]), use_cache=True).past_key_values
+            cache = output_cache(engine.model(input_ids=torch.tensor([context]), use_cache=True))
         full, _ = engine._forward(context + query, None, keep=3)
         for _ in range(2):  # the second call sees the cache exactly as the first did
             cached, _ = engine._forward(query, cache, keep=3)

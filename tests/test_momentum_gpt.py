@@ -22,6 +22,7 @@ from transformers import (
 
 import transformers_momentum as tm
 from transformers_momentum import MomentumGPTConfig, MomentumGPTForCausalLM, momentum_scan
+from transformers_momentum.compat import cache_kwargs, output_cache
 
 ATOL_FP32 = 1e-5
 ATOL_CACHE = 1e-4
@@ -184,9 +185,9 @@ def test_incremental_decoding_equals_full_forward(learnable_eta):
     ids = torch.randint(3, 97, (2, 40))
     full = model(ids).logits
     out = model(ids[:, :13], use_cache=True)
-    cache, pieces = out.past_key_values, [out.logits]
+    cache, pieces = output_cache(out), [out.logits]
     for start in range(13, 40, 3):  # several tokens per step, crossing chunk boundaries
-        out = model(ids[:, start : start + 3], past_key_values=cache, use_cache=True)
+        out = model(ids[:, start : start + 3], **cache_kwargs(cache), use_cache=True)
         pieces.append(out.logits)
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=ATOL_CACHE, rtol=0)
     state = cache.layers[0].recurrent_states[0]
@@ -198,8 +199,8 @@ def test_plain_dynamic_cache_recomputes_momentum():
     ids = torch.randint(3, 97, (1, 30))
     full = model(ids).logits
     cache = DynamicCache()  # no state slot: the model rescans the cached values instead
-    first = model(ids[:, :20], past_key_values=cache, use_cache=True).logits
-    rest = [model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(20, 30)]
+    first = model(ids[:, :20], **cache_kwargs(cache), use_cache=True).logits
+    rest = [model(ids[:, t : t + 1], **cache_kwargs(cache), use_cache=True).logits for t in range(20, 30)]
     torch.testing.assert_close(torch.cat([first, *rest], 1), full, atol=ATOL_CACHE, rtol=0)
 
 
@@ -357,7 +358,7 @@ def test_sequence_longer_than_position_table_is_a_clear_error():
         model(torch.randint(3, 97, (1, 17)))
     out = model(torch.randint(3, 97, (1, 16)), use_cache=True)
     with pytest.raises(ValueError, match="max_position_embeddings=16"):
-        model(torch.randint(3, 97, (1, 1)), past_key_values=out.past_key_values, use_cache=True)
+        model(torch.randint(3, 97, (1, 1)), **cache_kwargs(output_cache(out)), use_cache=True)
 
 
 # ---------------------------------------------------------------------------------------------------- Trainer

@@ -12,6 +12,7 @@ from transformers import (
 )
 
 import transformers_momentum as tm
+from transformers_momentum.compat import cache_kwargs, output_cache
 
 VOCAB = 101
 
@@ -97,7 +98,7 @@ def test_retrofit_cached_generation_equals_full_forward(name):
     out = model(ids[:, :11], use_cache=True)
     pieces = [out.logits]
     for t in range(11, 30):
-        out = model(ids[:, t : t + 1], past_key_values=out.past_key_values, use_cache=True)
+        out = model(ids[:, t : t + 1], **cache_kwargs(output_cache(out)), use_cache=True)
         pieces.append(out.logits)
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-4, rtol=0)
     cached = model.generate(ids[:, :8], max_new_tokens=8, do_sample=False, use_cache=True)

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from transformers.cache_utils import LinearAttentionLayer
 
 from ..architectures import attention_modules, get_architecture
+from ..compat import cache_kwargs, output_cache
 from ..kv_tuning import KVTuningConfig, kv_deltas
 from .controls import random_label_demos, untrained_copy
 from .finetune import kv_finetune, trainable_parameters
@@ -255,7 +256,7 @@ class _Engine:
         try:
             with torch.no_grad(), recording:
                 output = self.model(
-                    input_ids=ids, past_key_values=cache, use_cache=cache is not None, logits_to_keep=keep
+                    input_ids=ids, **cache_kwargs(cache), use_cache=cache is not None, logits_to_keep=keep
                 )
         finally:
             if rollback and cache.get_seq_length() > prefix:
@@ -269,7 +270,7 @@ class _Engine:
         ids = torch.tensor([context.input_ids], device=self.device)
         with torch.no_grad(), self.moments.accumulate(slice(len(self.layout.start_ids), None)):
             output = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        return output.past_key_values
+        return output_cache(output)
 
     def predict(
         self, context: Context, cache, example: dict, record: bool, accumulate_moments: bool = False

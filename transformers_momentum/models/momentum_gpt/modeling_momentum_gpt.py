@@ -29,6 +29,11 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_momentum_gpt import MomentumGPTConfig
 
+# transformers 5.24 renamed the cache argument and output field `past_key_values` -> `cache` (the old name is
+# deprecated, removal planned for 5.40); 5.23 knows only the old name. Forwards accept both; our own calls and
+# outputs use the name the installed release expects.
+CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
 # --------------------------------------------------------------------------------------------------------------
 # The momentum scan
 # --------------------------------------------------------------------------------------------------------------
@@ -173,7 +178,7 @@ class MomentumGPTAttention(nn.Module):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         momentum_mask: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -185,9 +190,9 @@ class MomentumGPTAttention(nn.Module):
         new_values = value_states
 
         past_length = 0
-        if past_key_values is not None:
-            past_length = past_key_values.get_seq_length(self.layer_idx)
-            key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
+        if cache is not None:
+            past_length = cache.get_seq_length(self.layer_idx)
+            key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -205,9 +210,7 @@ class MomentumGPTAttention(nn.Module):
 
         eta = self.eta
         if isinstance(eta, torch.Tensor) or eta > 0.0:
-            momentum = self._momentum(
-                new_values, value_states, eta, past_key_values, past_length, momentum_mask
-            )
+            momentum = self._momentum(new_values, value_states, eta, cache, past_length, momentum_mask)
             attn_output = attn_output + momentum.transpose(1, 2)
 
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
@@ -255,6 +258,13 @@ class MomentumGPTAttention(nn.Module):
         return momentum
 
 
+def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """The cache, under either of its names (`cache` since transformers 5.24, `past_key_values` before)."""
+    if cache is not None and past_key_values is not None:
+        raise ValueError("Pass the cache once: `cache` or `past_key_values` (its pre-5.24 name), not both.")
+    return cache if cache is not None else past_key_values
+
+
 def _logit(p: float) -> float:
     return math.log(p) - math.log1p(-p)
 
@@ -285,14 +295,14 @@ class MomentumGPTBlock(GradientCheckpointingLayer):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         momentum_mask: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         attn_output, _ = self.attn(
             self.input_layernorm(hidden_states),
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             momentum_mask=momentum_mask,
             **kwargs,
         )
@@ -306,7 +316,7 @@ class MomentumGPTPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["MomentumGPTBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -353,20 +363,22 @@ class MomentumGPTModel(MomentumGPTPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPast:
+        cache = _one_cache(cache, past_key_values)
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
 
         batch_size, query_length = inputs_embeds.shape[:2]
-        past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_seen_tokens = cache.get_seq_length() if cache is not None else 0
         padding_mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
         if position_ids is None:
             if padding_mask is not None:
@@ -389,20 +401,20 @@ class MomentumGPTModel(MomentumGPTPreTrainedModel):
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
             position_ids=position_ids,
+            **{CACHE_NAME: cache},
         )
         for block in self.layers[: self.config.num_hidden_layers]:
             hidden_states = block(
                 hidden_states,
                 attention_mask=causal_mask,
-                past_key_values=past_key_values,
+                cache=cache,
                 momentum_mask=padding_mask,
                 position_ids=position_ids,
                 **kwargs,
             )
         hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, **{CACHE_NAME: cache})
 
 
 class MomentumGPTForCausalLM(MomentumGPTPreTrainedModel, GenerationMixin):
@@ -420,18 +432,19 @@ class MomentumGPTForCausalLM(MomentumGPTPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> CausalLMOutputWithPast:
         outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=_one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -446,7 +459,7 @@ class MomentumGPTForCausalLM(MomentumGPTPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
