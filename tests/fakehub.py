@@ -2,20 +2,30 @@
 
 No real Hub is reachable in CI, and no PyPI package provides a self-hosted Hub that accepts uploads, so the tests
 publish to this stdlib server on 127.0.0.1 (random port). It implements the endpoints that `create_repo`,
-`upload_folder` (regular uploads: file bytes travel base64 inside the NDJSON commit), `create_branch`,
-`model_info`, `list_repo_tree`, `get_paths_info`, `list_repo_refs`, `hf_hub_download` and
-`AutoModelForCausalLM.from_pretrained` call, with the Hub's error conventions (``X-Error-Code`` headers, 401 for a
-bad token, 404 ``EntryNotFound``, 412 for a stale ``parentCommit``).
+`create_commit`/`upload_folder`, `create_branch`, `model_info`, `list_repo_tree`, `get_paths_info`,
+`list_repo_refs`, `hf_hub_download` and `AutoModelForCausalLM.from_pretrained` call, with the Hub's error
+conventions (``X-Error-Code`` headers, 401 for a bad token, 404 ``EntryNotFound``, 412 for a stale
+``parentCommit``).
+
+Uploads take the two paths of the real Hub without `hf_xet`. The preupload answer says ``"lfs"`` for paths that the
+repository's ``.gitattributes`` marks ``filter=lfs`` (``*.safetensors`` from the first commit on, as on the Hub)
+and for files over 10 MB; their bytes go through the LFS batch API (``/{repo}.git/info/lfs/objects/batch``), a PUT
+to the returned ``href`` and a verify call, and the commit names them as ``lfsFile`` by sha256. Other files travel
+base64 inside the NDJSON commit. The tree reports LFS files as the Hub does (``lfs.oid`` = sha256, ``oid`` = the
+pointer's git id). ``hub.requests`` records ``"METHOD path"`` of every request and ``hub.commits_received`` the
+operation keys of every commit, so tests can assert which path a file took.
 
 Commits are atomic, as on the Hub: a commit whose body does not arrive whole changes nothing. Faults can be injected
 to test retries: ``hub.faults.append("drop_request")`` closes the connection after reading half of the next commit
 body; ``"drop_response"`` applies the next commit and then closes the connection without answering (the client
-cannot tell whether it landed).
+cannot tell whether it landed). ``hub.drop_connections = n`` closes the next ``n`` connections of any kind without
+an answer (a network that drops the first calls).
 """
 
 from __future__ import annotations
 
 import base64
+import fnmatch
 import hashlib
 import json
 import threading
@@ -25,9 +35,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
 
+#: Files above this size go through LFS whatever ``.gitattributes`` says (the Hub's limit for regular files).
+LFS_THRESHOLD = 10 * 1024 * 1024
+
+
 def git_blob_sha1(data: bytes) -> str:
     """The git object id of a blob: what the Hub reports as a regular file's ``oid``."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def lfs_pointer(data: bytes) -> bytes:
+    """The git-lfs pointer file that git stores in place of an LFS file."""
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{hashlib.sha256(data).hexdigest()}\nsize {len(data)}\n".encode()
 
 
 @dataclass
@@ -37,6 +56,17 @@ class Commit:
     files: dict[str, bytes]
     title: str
     date: str
+    lfs: frozenset[str] = frozenset()  # paths stored through LFS
+
+    def is_lfs_path(self, path: str, size: int) -> bool:
+        """Whether a new file at ``path`` goes through LFS: ``.gitattributes`` patterns with ``filter=lfs``, or size."""
+        patterns = [
+            line.split()[0]
+            for line in self.files.get(".gitattributes", b"").decode().splitlines()
+            if "filter=lfs" in line
+        ]
+        name = path.rsplit("/", 1)[-1]
+        return size > LFS_THRESHOLD or any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
 
 
 @dataclass
@@ -59,7 +89,11 @@ class FakeHub:
         self.tokens = dict(tokens or {"hf_test_write_token": "tester"})  # token -> user name
         self.repos: dict[str, Repo] = {}
         self.faults: list[str] = []
+        self.drop_connections = 0
         self.commit_requests = 0
+        self.lfs_objects: dict[str, bytes] = {}  # sha256 -> content, as uploaded through the LFS batch API
+        self.requests: list[str] = []  # "METHOD /path" of every request, in order
+        self.commits_received: list[list[str]] = []  # operation keys ("file", "lfsFile", "deletedFile") per commit
         self.lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._server.daemon_threads = True
@@ -79,12 +113,15 @@ class FakeHub:
         self._server.server_close()
 
     # -- state helpers used by the handler and by tests ------------------------------------------------------
-    def new_commit(self, repo: Repo, branch: str, files: dict[str, bytes], title: str) -> Commit:
+    def new_commit(
+        self, repo: Repo, branch: str, files: dict[str, bytes], title: str, lfs: frozenset[str] = frozenset()
+    ) -> Commit:
         parent = repo.branches.get(branch)
         digest = hashlib.sha1(f"{repo.repo_id}{parent}{title}{time.time_ns()}".encode())
         for path in sorted(files):
             digest.update(path.encode() + git_blob_sha1(files[path]).encode())
-        commit = Commit(digest.hexdigest(), parent, files, title, time.strftime("%Y-%m-%dT%H:%M:%S.000Z"))
+        date = time.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        commit = Commit(digest.hexdigest(), parent, files, title, date, frozenset(lfs) & set(files))
         repo.commits[commit.oid] = commit
         repo.branches[branch] = commit.oid
         return commit
@@ -121,8 +158,26 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             )
 
         def _body(self) -> bytes:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                chunks = []
+                while (size := int(self.rfile.readline().split(b";")[0], 16)) > 0:
+                    chunks.append(self.rfile.read(size))
+                    self.rfile.readline()
+                self.rfile.readline()
+                return b"".join(chunks)
             length = int(self.headers.get("Content-Length") or 0)
             return self.rfile.read(length) if length else b""
+
+        def _dropped(self) -> bool:
+            """Record the request; close the connection without answering if a dropped connection is pending."""
+            with hub.lock:
+                hub.requests.append(f"{self.command} {urlsplit(self.path).path}")
+                drop = hub.drop_connections > 0
+                hub.drop_connections -= drop
+            if drop:
+                self.close_connection = True
+                self.connection.shutdown(2)
+            return drop
 
         def _user(self) -> tuple[bool, str | None]:
             """(token acceptable, user): no token is acceptable for public reads; a wrong token never is."""
@@ -160,6 +215,8 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self.do_GET()
 
         def do_GET(self):
+            if self._dropped():
+                return None
             url = urlsplit(self.path)
             parts = [unquote(p) for p in url.path.strip("/").split("/")]
             query = parse_qs(url.query)
@@ -216,18 +273,39 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 if path not in commit.files:
                     return self._error(404, "Entry not found", "EntryNotFound")
                 data = commit.files[path]
-                etag = f'"{git_blob_sha1(data)}"'
-                return self._send(
-                    200,
-                    data,
-                    {"X-Repo-Commit": commit.oid, "ETag": etag},
-                    content_type="application/octet-stream",
-                )
+                headers = {"X-Repo-Commit": commit.oid, "ETag": f'"{git_blob_sha1(data)}"'}
+                if path in commit.lfs:  # the Hub names LFS files by their sha256
+                    sha256 = hashlib.sha256(data).hexdigest()
+                    headers.update({"ETag": f'"{sha256}"', "X-Linked-Etag": f'"{sha256}"', "X-Linked-Size": str(len(data))})
+                return self._send(200, data, headers, content_type="application/octet-stream")
             return self._error(404, f"Not found: {url.path}")
 
+        def do_PUT(self):
+            if self._dropped():
+                return None
+            parts = [unquote(p) for p in urlsplit(self.path).path.strip("/").split("/")]
+            data = self._body()
+            if parts[:1] != ["_lfs"] or len(parts) != 2:
+                return self._error(404, f"Not found: {self.path}")
+            if hashlib.sha256(data).hexdigest() != parts[1]:
+                return self._error(400, "The uploaded content does not match its sha256.")
+            with hub.lock:
+                hub.lfs_objects[parts[1]] = data
+            return self._send(200)
+
         def do_POST(self):
+            if self._dropped():
+                return None
             url = urlsplit(self.path)
             parts = [unquote(p) for p in url.path.strip("/").split("/")]
+            if parts[:1] == ["_lfs"] and parts[2:] == ["verify"]:
+                payload = json.loads(self._body() or b"{}")
+                stored = hub.lfs_objects.get(parts[1])
+                if stored is None or len(stored) != payload.get("size"):
+                    return self._error(404, "Object not found or of another size.")
+                return self._json(200, {})
+            if len(parts) == 6 and parts[1].endswith(".git") and parts[2:] == ["info", "lfs", "objects", "batch"]:
+                return self._lfs_batch(f"{parts[0]}/{parts[1].removesuffix('.git')}")
             if parts[:2] == ["api", "validate-yaml"]:
                 self._body()
                 return self._json(200, {"errors": [], "warnings": []})
@@ -280,16 +358,15 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 if repo is None:
                     return None
                 current = repo.resolve(unquote(revision))
-                files = current.files if current else {}
-                answer = [
-                    {
-                        "path": f["path"],
-                        "uploadMode": "regular",
-                        "shouldIgnore": False,
-                        "oid": git_blob_sha1(files[f["path"]]) if f["path"] in files else None,
-                    }
-                    for f in payload.get("files", [])
-                ]
+                if current is None:
+                    return self._error(404, f"Invalid rev id: {unquote(revision)}", "RevisionNotFound")
+                answer = []
+                for item in payload.get("files", []):
+                    path, existing = item["path"], current.files.get(item["path"])
+                    lfs = current.is_lfs_path(path, item["size"])
+                    # The oid of the remote file, which the client compares with its own to skip unchanged files.
+                    oid = None if existing is None else hashlib.sha256(existing).hexdigest() if lfs else git_blob_sha1(existing)
+                    answer.append({"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
                 return self._json(200, {"files": answer})
             if action == "branch":
                 payload = json.loads(self._body() or b"{}")
@@ -326,16 +403,24 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             lines = [json.loads(line) for line in body.splitlines() if line.strip()]
             header = next((item["value"] for item in lines if item["key"] == "header"), {})
             with hub.lock:
+                hub.commits_received.append([item["key"] for item in lines if item["key"] != "header"])
                 head = repo.branches.get(revision)
                 if head is None:
                     return self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
                 if header.get("parentCommit") and header["parentCommit"] != head:
                     return self._error(412, "A commit has happened since. Please refresh and try again.")
-                files = dict(repo.commits[head].files)
+                files, lfs = dict(repo.commits[head].files), set(repo.commits[head].lfs)
                 for item in lines:
                     value = item["value"]
                     if item["key"] == "file":
                         files[value["path"]] = base64.b64decode(value["content"])
+                        lfs.discard(value["path"])
+                    elif item["key"] == "lfsFile":
+                        content = hub.lfs_objects.get(value["oid"])
+                        if content is None or len(content) != value.get("size", len(content)):
+                            return self._error(422, f"LFS object {value['oid']} of {value['path']} was never uploaded.")
+                        files[value["path"]] = content
+                        lfs.add(value["path"])
                     elif item["key"] == "deletedFile":
                         if value["path"] not in files:
                             return self._error(404, "A file with this name doesn't exist", "EntryNotFound")
@@ -346,9 +431,7 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                             for p, d in files.items()
                             if not p.startswith(value["path"].rstrip("/") + "/")
                         }
-                    elif item["key"] == "lfsFile":
-                        return self._error(400, "This test hub only accepts regular (inline) uploads.")
-                commit = hub.new_commit(repo, revision, files, header.get("summary", ""))
+                commit = hub.new_commit(repo, revision, files, header.get("summary", ""), frozenset(lfs))
             if fault == "drop_response":
                 # The commit landed but the answer is lost: the client must find out by itself.
                 self.close_connection = True
@@ -362,6 +445,24 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     "pullRequestUrl": None,
                 },
             )
+
+        def _lfs_batch(self, repo_id: str):
+            """The git-lfs batch API: where to PUT each object (nothing for objects the store already holds)."""
+            payload = json.loads(self._body() or b"{}")
+            repo = self._repo(repo_id, write=True)
+            if repo is None:
+                return None
+            if payload.get("operation") != "upload" or "basic" not in payload.get("transfers", ["basic"]):
+                return self._error(400, "Only basic uploads are supported.")
+            objects = []
+            for item in payload.get("objects", []):
+                answer = {"oid": item["oid"], "size": item["size"], "authenticated": True}
+                if item["oid"] not in hub.lfs_objects:
+                    href = f"{hub.endpoint}/_lfs/{item['oid']}"
+                    answer["actions"] = {"upload": {"href": href}, "verify": {"href": f"{href}/verify"}}
+                objects.append(answer)
+            body = json.dumps({"transfer": "basic", "objects": objects}).encode()
+            return self._send(200, body, content_type="application/vnd.git-lfs+json")
 
     return Handler
 
@@ -391,5 +492,10 @@ def _tree(commit: Commit, prefix: str, recursive: bool) -> list[dict]:
                     "path": folder,
                     "oid": hashlib.sha1(folder.encode()).hexdigest(),
                 }
-        entries[path] = {"type": "file", "path": path, "size": len(data), "oid": git_blob_sha1(data)}
+        if path in commit.lfs:
+            pointer = lfs_pointer(data)
+            lfs = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": len(pointer)}
+            entries[path] = {"type": "file", "path": path, "size": len(data), "oid": git_blob_sha1(pointer), "lfs": lfs}
+        else:
+            entries[path] = {"type": "file", "path": path, "size": len(data), "oid": git_blob_sha1(data)}
     return list(entries.values())

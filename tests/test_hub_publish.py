@@ -1,58 +1,57 @@
-"""Publishing checkpoint folders to a Hub: dry run, clear errors, atomic retries, and a download round trip.
+"""Publishing checkpoint folders to a Hub: dry run, clear errors, LFS uploads, atomic retries, a download round trip.
 
-The Hub is `tests/fakehub.py` (in-memory, 127.0.0.1, random port). Loading through `HF_ENDPOINT` happens in
-subprocesses because `huggingface_hub` reads that variable once, at import.
+The Hub is `tests/fakehub.py` (in-memory, 127.0.0.1, random port), which takes the same two upload paths as the real
+Hub without `hf_xet`: LFS (preupload -> LFS batch -> PUT -> verify -> ``lfsFile`` in the commit) for
+``*.safetensors``, inline base64 for the rest. Loading through `HF_ENDPOINT` happens in subprocesses because
+`huggingface_hub` reads that variable once, at import.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from fakehub import FakeHub
 
-from transformers_momentum import MomentumGPTConfig, MomentumGPTForCausalLM
-from transformers_momentum.hub import PublishError, list_checkpoint_files, publish
-from transformers_momentum.pretraining import train_bpe_tokenizer
+from transformers_momentum import MomentumGPTForCausalLM
+from transformers_momentum.cli import main
+from transformers_momentum.hub import CheckpointFolderError, PublishError, list_checkpoint_files, publish
 
 TOKEN = "hf_test_write_token"
-SAMPLE = Path(__file__).parent / "data" / "corpus_sample.txt"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def checkpoint(tmp_path_factory, tiny_momentum_gpt, corpus_tokenizer) -> Path:
     """A tiny but complete checkpoint folder: card, config with auto_map, safetensors, tokenizer, generation config."""
     from huggingface_hub import ModelCard, ModelCardData
 
     folder = tmp_path_factory.mktemp("ckpt") / "momentum-gpt-tiny"
-    tokenizer = train_bpe_tokenizer([SAMPLE.read_text()[:20000]], vocab_size=300, model_max_length=32)
-    torch.manual_seed(0)
-    config = MomentumGPTConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=32,
-        momentum_eta=0.5,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-    )
-    model = MomentumGPTForCausalLM(config)
+    model = _tiny_model(tiny_momentum_gpt, corpus_tokenizer)
     model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    corpus_tokenizer.save_pretrained(folder)
     card = ModelCard.from_template(
         ModelCardData(license="apache-2.0", library_name="transformers", pipeline_tag="text-generation"),
         model_id="momentum-gpt-tiny",
     )
     card.save(str(folder / "README.md"))
     return folder
+
+
+def _tiny_model(tiny_momentum_gpt, tokenizer, seed: int = 0) -> MomentumGPTForCausalLM:
+    return tiny_momentum_gpt(
+        seed=seed, vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=32, momentum_eta=0.5, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -77,6 +76,13 @@ def _chain_length(hub: FakeHub, repo_id: str, branch: str = "main") -> int:
     return count
 
 
+def _closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_checkpoint_folder_holds_what_the_hub_needs(checkpoint):
     names = {name for name, _ in list_checkpoint_files(checkpoint)}
     assert {
@@ -91,8 +97,6 @@ def test_checkpoint_folder_holds_what_the_hub_needs(checkpoint):
 
 
 def test_dry_run_lists_files_without_network(checkpoint, capsys):
-    from transformers_momentum.cli import main
-
     # No token, no endpoint: a dry run must not touch the network.
     assert main(["publish", str(checkpoint), "--repo-id", "tester/x", "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -101,23 +105,38 @@ def test_dry_run_lists_files_without_network(checkpoint, capsys):
         assert name in out
 
 
-def test_missing_files_and_pickles_are_clear_errors(checkpoint, tmp_path):
-    with pytest.raises(PublishError, match="does not exist"):
+def test_dry_run_refuses_truncated_weights_and_broken_json(checkpoint, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoint, broken)
+    weights = (checkpoint / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(weights[: len(weights) - 100])  # an interrupted copy
+    assert main(["publish", str(broken), "--repo-id", "tester/x", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.safetensors" in err and "not a whole safetensors file" in err
+
+    (broken / "model.safetensors").write_bytes(weights)
+    (broken / "config.json").write_text((checkpoint / "config.json").read_text()[:-20])
+    with pytest.raises(CheckpointFolderError, match="config.json.*not valid JSON"):
+        publish(broken, "tester/x", dry_run=True)
+
+
+def test_missing_files_and_pickles_are_clear_errors(checkpoint, tmp_path, capsys):
+    with pytest.raises(CheckpointFolderError, match="does not exist"):
         publish(tmp_path / "nope", "tester/x", dry_run=True)
     partial = tmp_path / "partial"
     partial.mkdir()
     (partial / "config.json").write_text("{}")
-    with pytest.raises(PublishError, match="lacks README.md, model.safetensors"):
+    with pytest.raises(CheckpointFolderError, match="lacks README.md, model.safetensors"):
         publish(partial, "tester/x", dry_run=True)
     pickled = tmp_path / "pickled"
-    pickled.mkdir()
-    for name, _ in list_checkpoint_files(checkpoint):
-        (pickled / name).write_bytes((checkpoint / name).read_bytes())
+    shutil.copytree(checkpoint, pickled)
     (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04")
-    with pytest.raises(PublishError, match="pickle"):
+    with pytest.raises(CheckpointFolderError, match="pickle"):
         publish(pickled, "tester/x", dry_run=True)
-    with pytest.raises(PublishError, match="org or user"):
+    with pytest.raises(CheckpointFolderError, match="org or user"):
         publish(checkpoint, "no-namespace", dry_run=True)
+    assert main(["publish", str(partial), "--repo-id", "tester/x", "--dry-run"]) == 2  # bad input: exit 2
+    assert capsys.readouterr().err.startswith("error: Checkpoint folder")
 
 
 def test_bad_token_is_a_clear_error_that_hides_the_token(checkpoint, hub, capsys):
@@ -127,26 +146,59 @@ def test_bad_token_is_a_clear_error_that_hides_the_token(checkpoint, hub, capsys
     assert secret not in str(info.value)
     assert "tester/m" not in hub.repos
     # Writing into someone else's namespace is refused with a hint, too.
-    with pytest.raises(PublishError, match="may not write"):
+    with pytest.raises(PublishError, match="may not write.*own namespace \\(other/"):
         publish(checkpoint, "tester/m", token="hf_other_user_token", endpoint=hub.endpoint)
-    from transformers_momentum.cli import main
 
-    code = main(
-        ["publish", str(checkpoint), "--repo-id", "tester/m", "--token", secret, "--endpoint", hub.endpoint]
-    )
+    code = main(["publish", str(checkpoint), "--repo-id", "tester/m", "--token", secret, "--endpoint", hub.endpoint])
     captured = capsys.readouterr()
     assert code == 1 and secret not in captured.out + captured.err
 
 
-def test_publish_is_one_commit_holding_exactly_the_folder(checkpoint, hub):
+def test_weights_take_the_lfs_path_and_the_commit_holds_exactly_the_folder(checkpoint, hub):
     result = publish(checkpoint, "tester/m", token=TOKEN, endpoint=hub.endpoint, commit_message="first")
     files = _main_files(hub, "tester/m")
     expected = {name: (checkpoint / name).read_bytes() for name, _ in list_checkpoint_files(checkpoint)}
     assert {k: v for k, v in files.items() if k != ".gitattributes"} == expected
     assert result.attempts == 1 and _chain_length(hub, "tester/m") == 2  # initial commit + ours
-    # Re-publishing after a file disappeared removes it remotely (delete_patterns), still in one commit.
-    publish(checkpoint, "tester/m", token=TOKEN, endpoint=hub.endpoint, revision="v2")
-    assert set(_main_files(hub, "tester/m", "v2")) == set(files)
+
+    # model.safetensors went through LFS: batch request, PUT of its bytes, verify; the commit names it by sha256.
+    weights_sha256 = hashlib.sha256(expected["model.safetensors"]).hexdigest()
+    assert hub.lfs_objects == {weights_sha256: expected["model.safetensors"]}
+    lfs_calls = [r for r in hub.requests if "/info/lfs/objects/batch" in r or r.split()[1].startswith("/_lfs/")]
+    assert lfs_calls == [
+        "POST /tester/m.git/info/lfs/objects/batch",
+        f"PUT /_lfs/{weights_sha256}",
+        f"POST /_lfs/{weights_sha256}/verify",
+    ]
+    assert sorted(hub.commits_received[-1]) == sorted(["lfsFile"] + ["file"] * (len(expected) - 1))
+    repo = hub.repos["tester/m"]
+    assert repo.commits[repo.branches["main"]].lfs == {"model.safetensors"}
+
+
+def test_republish_uploads_new_weights_and_deletes_a_stale_file_in_one_commit(
+    checkpoint, hub, tmp_path, tiny_momentum_gpt, corpus_tokenizer
+):
+    folder = tmp_path / "momentum-gpt-tiny"
+    shutil.copytree(checkpoint, folder)
+    (folder / "notes.txt").write_text("first version only\n")
+    publish(folder, "tester/m", token=TOKEN, endpoint=hub.endpoint)
+    assert "notes.txt" in _main_files(hub, "tester/m")
+    head_before = hub.repos["tester/m"].branches["main"]
+
+    (folder / "notes.txt").unlink()
+    _tiny_model(tiny_momentum_gpt, corpus_tokenizer, seed=1).save_pretrained(folder)  # retrained weights
+    new_weights = (folder / "model.safetensors").read_bytes()
+    assert new_weights != (checkpoint / "model.safetensors").read_bytes()
+    result = publish(folder, "tester/m", token=TOKEN, endpoint=hub.endpoint)
+
+    repo = hub.repos["tester/m"]
+    head = repo.commits[repo.branches["main"]]
+    assert head.parent == head_before and result.commit_oid == head.oid  # exactly one new commit
+    assert "notes.txt" not in head.files and head.files["model.safetensors"] == new_weights
+    assert "notes.txt" in repo.commits[head_before].files  # the old revision still has it
+    # One commit carries both: the new weights through LFS and the deletion; unchanged files are skipped.
+    assert sorted(hub.commits_received[-1]) == ["deletedFile", "lfsFile"]
+    assert f"PUT /_lfs/{hashlib.sha256(new_weights).hexdigest()}" in hub.requests
 
 
 def test_interrupted_upload_is_retried_without_half_published_revision(checkpoint, hub):
@@ -184,6 +236,45 @@ def test_interrupted_upload_is_retried_without_half_published_revision(checkpoin
         assert result.commit_oid == hub.repos["tester/m"].branches["main"]
     finally:
         (checkpoint / "extra_notes.txt").unlink()
+
+
+def test_a_dropped_connection_on_the_first_call_is_retried(checkpoint, hub):
+    hub.drop_connections = 1  # the very first request (whoami) gets no answer
+    result = publish(checkpoint, "tester/m", token=TOKEN, endpoint=hub.endpoint, backoff_seconds=0.01)
+    assert [r for r in hub.requests if r.endswith("whoami-v2")] == ["GET /api/whoami-v2"] * 2
+    assert result.notes[0].startswith("checking the token: attempt 1 failed")
+    assert _main_files(hub, "tester/m")["config.json"] == (checkpoint / "config.json").read_bytes()
+
+
+def test_an_unreachable_hub_is_one_line_after_retries(checkpoint, capsys):
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    with pytest.raises(PublishError, match=r"Could not reach the Hub at .* after 3 attempt\(s\)") as info:
+        publish(checkpoint, "tester/m", token=TOKEN, endpoint=endpoint, max_attempts=3, backoff_seconds=0.01)
+    assert "\n" not in str(info.value) and TOKEN not in str(info.value)
+    code = main(
+        ["publish", str(checkpoint), "--repo-id", "tester/m", "--token", TOKEN, "--endpoint", endpoint]
+        + ["--max-attempts", "1"]
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and err.startswith("error: Could not reach the Hub")
+
+
+def test_quiet_silences_library_warnings(checkpoint, monkeypatch, recwarn, capsys):
+    import transformers_momentum.hub.publish as publish_module
+
+    real = publish_module.list_checkpoint_files
+
+    def noisy(folder):
+        warnings.warn("`old_argument` is deprecated", FutureWarning, stacklevel=1)
+        return real(folder)
+
+    monkeypatch.setattr(publish_module, "list_checkpoint_files", noisy)
+    command = ["publish", str(checkpoint), "--repo-id", "tester/x", "--dry-run"]
+    assert main(command) == 0 and [w.category for w in recwarn] == [FutureWarning]
+    recwarn.clear()
+    assert main(["--quiet", *command]) == 0 and len(recwarn) == 0
+    assert main(command) == 0 and len(recwarn) == 1  # the silencing ends with the command
+    assert "Would upload" in capsys.readouterr().out
 
 
 _LOAD_THROUGH_HUB = textwrap.dedent(

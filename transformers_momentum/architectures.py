@@ -268,3 +268,102 @@ __all__ = [
     "fused_kv_rows",
     "get_architecture",
 ]
+
+
+# ------------------------------------------------------------------------------------------------ analyzer support
+# What the ICL-vs-finetuning analyzer (transformers_momentum.analysis) needs to know about a model beyond the table
+# above: where the queries come from, how many positions fit, which caches a prefix can be reused from, what a norm
+# is. Kept here so that the analyzer holds no per-architecture knowledge of its own.
+
+_QUERY_NAMES = ("q_proj", "query", "query_proj", "wq", "q")
+
+
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The transformers model inside peft wrappers (the model itself when it is not wrapped)."""
+    return _unwrap(model)
+
+
+def head_geometry(model_or_config) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head dim) of a model or config."""
+    config = getattr(model_or_config, "config", model_or_config)
+    return _heads(config)
+
+
+def query_projection(attention: nn.Module, config) -> tuple[nn.Module, float] | None:
+    """The module that projects the queries (before any rotary embedding) and the factor attention scales them by.
+
+    None when the queries come out of a fused projection (GPT-2's ``c_attn``, ...) or the module is not found.
+    """
+    names = [n for n in _QUERY_NAMES if isinstance(getattr(attention, n, None), nn.Module)]
+    module = getattr(attention, names[0]) if names else None
+    if module is None:
+        return None
+    scaling = getattr(attention, "scaling", None)
+    if scaling is None:
+        head_dim = getattr(attention, "head_dim", None) or _heads(config)[2]
+        scaling = head_dim**-0.5
+    return module, float(scaling)
+
+
+def rotates_queries(model: nn.Module) -> bool:
+    """True when queries are rotated by position (RoPE and its variants) after the query projection.
+
+    Then a query projection's output is not the query attention uses; without rotation (absolute or ALiBi positions:
+    GPT-2, OPT, XGLM, Bloom, ...) the two are the same vector up to the attention's constant scaling.
+    """
+    model = _unwrap(model)
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if getattr(config, "position_embedding_type", None) == "rotary" or getattr(config, "rotary_dim", None):
+        return True
+    rope_fields = ("rope_parameters", "rope_scaling", "rope_theta")
+    if any(getattr(config, name, None) is not None for name in rope_fields):
+        return True
+    return any("rotary" in type(module).__name__.lower() for module in model.modules())
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """The longest sequence the model's position table holds (None when the config does not say)."""
+    model = _unwrap(model)
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def cache_is_croppable(cache) -> bool:
+    """True when dropping a cache's last tokens restores it exactly (plain key/value layers).
+
+    Sliding-window layers have already forgotten what fell out of the window, and recurrent states (MomentumGPT's
+    momentum, linear attention) cannot be rolled back: those caches are copied instead of cropped.
+    """
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def cache_can_repeat_batch(cache) -> bool:
+    """True when `cache.batch_repeat_interleave` repeats everything a layer holds (keys and values only)."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
+
+
+def is_norm(module: nn.Module) -> bool:
+    """True for normalisation layers (LayerNorm, GroupNorm, and every architecture's own RMSNorm class)."""
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "norm" in type(module).__name__.lower()
+
+
+__all__ += [
+    "cache_can_repeat_batch",
+    "cache_is_croppable",
+    "head_geometry",
+    "is_norm",
+    "max_positions",
+    "query_projection",
+    "rotates_queries",
+    "unwrap_peft",
+]

@@ -1,191 +1,132 @@
-"""``transformers-momentum analyze``: the ICL-vs-finetuning analysis from the command line."""
+"""``transformers-momentum analyze``: the ICL-vs-finetuning analysis from the command line.
+
+Every option comes from a field of `config.AnalysisConfig`, `config.ModelArguments` or `config.OutputArguments`
+(transformers' `HfArgumentParser` rules), so the CLI's defaults are the API's. Only light modules are imported
+until the sub-command runs. Bad input of any kind ends with one line on stderr and exit code 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
+import os
 import sys
+import typing
 from pathlib import Path
 
+from .config import AnalysisConfig, ModelArguments, OutputArguments
 
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in text.split(",") if x.strip())
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x.strip())
+_ARGUMENTS = (ModelArguments, AnalysisConfig, OutputArguments)
 
 
 def add_cli(subparsers) -> None:
     """Register the ``analyze`` sub-command."""
+    from transformers import HfArgumentParser
+
     parser = subparsers.add_parser(
         "analyze",
         help="Compare in-context learning with K/V-only finetuning on a classification task (Dai et al. 2023).",
         description="Compare ICL with K/V-only finetuning on the same demonstrations; writes results.json, "
         "report.md and per-layer plots to --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--model", required=True, help="Local path, Hub id, or an offline name (e.g. smollm2-135m)."
-    )
-    parser.add_argument("--task", required=True, help="sst2, sst5, mr, subj, agnews or cb.")
-    parser.add_argument(
-        "--data-dir",
-        default=None,
-        help="Folder in the shared-data layout (or <dir>/<task>/{train,eval}.jsonl); default: bundled subsets.",
-    )
-    parser.add_argument(
-        "--hub", action="store_true", help="Load the paper's Hugging Face dataset (needs network)."
-    )
-    parser.add_argument("--k", type=int, default=16, help="Number of demonstrations (default 16).")
-    parser.add_argument("--n-eval", type=int, default=100, help="Evaluation examples analysed (default 100).")
-    parser.add_argument(
-        "--lr", type=float, default=None, help="FT learning rate; omit to tune it over --lr-grid."
-    )
-    parser.add_argument(
-        "--lr-grid",
-        type=_floats,
-        default=(1e-4, 1e-3, 1e-2, 1e-1),
-        help="Comma-separated rates to tune over.",
-    )
-    parser.add_argument(
-        "--n-tune", type=int, default=32, help="Size of the tuning split held out of the demo pool."
-    )
-    parser.add_argument("--seed", type=int, default=None, help="One demonstration seed (default 1).")
-    parser.add_argument(
-        "--seeds", type=_ints, default=None, help="Several demonstration seeds, comma-separated."
-    )
-    parser.add_argument(
-        "--select-seed",
-        action="store_true",
-        help="Analyse only the seed with the best tuning-split ICL accuracy.",
-    )
-    parser.add_argument(
-        "--paper-protocol",
-        action="store_true",
-        help="Tune lr/seed on the evaluation examples, as the paper did (labelled in the report).",
-    )
-    parser.add_argument(
-        "--analysis-position",
-        choices=("label", "prompt"),
-        default="label",
-        help="'label' = appended candidate-0 token (paper code); 'prompt' = last prompt token.",
-    )
-    parser.add_argument(
-        "--separator", choices=("eos", "newline"), default="eos", help="Token between demonstrations."
-    )
-    parser.add_argument(
-        "--max-length", type=int, default=2048, help="Context budget in tokens (default 2048, the paper's)."
-    )
-    parser.add_argument(
-        "--allow-fewer-demos",
-        action="store_true",
-        help="Use as many demos as fit instead of failing (the paper's 'true K').",
-    )
-    parser.add_argument(
-        "--controls",
-        default="untrained,lcgd,random_label,other_task,order",
-        help="Comma-separated controls (untrained, lcgd, random_label, other_task, order), or 'none'.",
-    )
-    parser.add_argument(
-        "--other-task", default=None, help="Task of the different-task FT control (default agnews, or sst2)."
-    )
-    parser.add_argument(
-        "--order-permutations", type=int, default=2, help="Extra demonstration orders for the order control."
-    )
-    parser.add_argument(
-        "--kendall-n", type=int, default=100, help="Examples used for Kendall τ (paper: 100)."
-    )
-    parser.add_argument(
-        "--per-example", action="store_true", help="Also store per-example records in results.json."
-    )
-    parser.add_argument(
-        "--attn-implementation", default="sdpa", help="Backend the probe wraps (sdpa or eager)."
-    )
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU).")
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available).")
-    parser.add_argument("--out", required=True, help="Output folder (written atomically).")
-    parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty --out.")
-    parser.add_argument("--no-plots", action="store_true", help="Skip the PNG plots.")
-    parser.add_argument("--quiet", action="store_true", help="No progress bars.")
+    for dataclass_type in _ARGUMENTS:
+        group = parser.add_argument_group(dataclass_type.__name__)
+        hints = typing.get_type_hints(dataclass_type)
+        for field in dataclasses.fields(dataclass_type):
+            field.type = hints[field.name]
+            HfArgumentParser._parse_dataclass_field(group, field)
     parser.set_defaults(func=run_analyze)
 
 
-def load_model(name: str, *, attn_implementation: str = "sdpa", device: str | None = None):
-    """Model and tokenizer from an offline name (transformers_momentum.assets), a local path or a Hub id."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _dataclass(cls, args: argparse.Namespace):
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.init})
 
-    from ..assets import OFFLINE_MODELS, offline_model_path
 
-    path = str(offline_model_path(name)) if name in OFFLINE_MODELS else name
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float32, attn_implementation=attn_implementation
-    )
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), tokenizer
+def _check_out(out: Path, overwrite: bool):
+    from .errors import AnalysisInputError
+
+    if out.exists() and not out.is_dir():
+        raise AnalysisInputError(f"--out {out} is a file; choose a folder.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise AnalysisInputError(
+            f"--out {out} exists and is not empty; pass --overwrite or choose another folder."
+        )
+    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise AnalysisInputError(f"--out {out}: {parent} is not writable.")
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    from .runner import CONTROLS, AnalysisConfig, analyze
-    from .tasks import AnalysisInputError, get_task
+    from .errors import AnalysisInputError
 
-    out = Path(args.out)
     try:
-        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        model_args, output = _dataclass(ModelArguments, args), _dataclass(OutputArguments, args)
+        config = _dataclass(AnalysisConfig, args)
+        if output.quiet:
+            config = config.replace(progress=False)
+        _check_out(Path(output.out), output.overwrite)
+        # Data first: a wrong task, data folder or n_eval fails before the model loads.
+        from .tasks import get_task, load_task_data
+
+        task = get_task(config.task)
+        data = load_task_data(task, config.data_dir, hub=config.hub)
+        if config.n_eval > len(data.eval):
             raise AnalysisInputError(
-                f"--out {out} exists and is not empty; pass --overwrite or choose another folder."
+                f"--n-eval {config.n_eval} exceeds the {len(data.eval)} evaluation examples of {data.source}; use "
+                f"--n-eval {len(data.eval)} or fewer."
             )
-        get_task(args.task)  # fail fast, before loading the model
-        controls = (
-            ()
-            if args.controls.strip().lower() == "none"
-            else tuple(c.strip() for c in args.controls.split(",") if c.strip())
-        )
-        seeds = args.seeds or ((args.seed,) if args.seed is not None else (1,))
-        config = AnalysisConfig(
-            task=args.task,
-            k=args.k,
-            n_eval=args.n_eval,
-            seeds=seeds,
-            lr=args.lr,
-            lr_grid=args.lr_grid,
-            n_tune=args.n_tune,
-            paper_protocol=args.paper_protocol,
-            select_seed=args.select_seed,
-            analysis_position=args.analysis_position,
-            separator=args.separator,
-            max_length=args.max_length,
-            allow_fewer_demos=args.allow_fewer_demos,
-            kendall_n=args.kendall_n,
-            controls=controls or (),
-            other_task=args.other_task,
-            order_permutations=args.order_permutations,
-            per_example=args.per_example,
-            data_dir=args.data_dir,
-            hub=args.hub,
-            progress=not args.quiet,
-        )
-        assert set(config.controls) <= set(CONTROLS)
-        if args.threads:
+        if model_args.threads:
             import torch
 
-            torch.set_num_threads(args.threads)
+            torch.set_num_threads(model_args.threads)
+        if output.quiet:
+            _silence_libraries()
+        else:
+            logging.basicConfig(format="%(message)s")
+            logging.getLogger("transformers_momentum.analysis").setLevel(logging.INFO)
+        from .loading import load_model
+        from .pipeline import analyze
+
         model, tokenizer = load_model(
-            args.model, attn_implementation=args.attn_implementation, device=args.device
+            model_args.model,
+            dtype=model_args.dtype,
+            device=model_args.device,
+            device_map=model_args.device_map,
+            attn_implementation=model_args.attn_implementation,
         )
-        result = analyze(model, tokenizer, config, model_name=args.model)
-        result.save(out, plots=not args.no_plots)
-    except (AnalysisInputError, FileNotFoundError, OSError) as error:
+        result = analyze(model, tokenizer, config, task=task, data=data, model_name=model_args.model)
+        result.save(output.out, plots=output.plots)
+    except (AnalysisInputError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    r = result.results
+    main = result.models["pretrained"]
+    gd = main.comparisons["gd"]
+
+    def show(value, digits=3):
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
     print(
-        f"{args.task}: ZSL {r['accuracy']['zsl']:.1f}  ICL {r['accuracy']['icl']:.1f}  FT {r['accuracy']['ft']:.1f}  "
-        f"SimAOU {r['simaou']['mean']:.3f} (random {r['simaou']['random_mean']:.3f})  "
-        f"SimAM {r['simam']['before_ft']:.3f} -> {r['simam']['after_ft']:.3f}  Kendall {r['kendall']['mean'] or float('nan'):.3f}"
+        f"{config.task}: ZSL {show(main.accuracy_zsl.mean, 1)}  ICL {show(main.accuracy_icl.mean, 1)}  FT "
+        f"{show(gd.accuracy_ft.mean, 1)}  SimAOU {show(gd.simaou.mean)} (Uniform null "
+        f"{show(main.simaou_uniform_null.mean)})  SimAM {show(main.simam_before.mean)} -> {show(gd.simam_after.mean)}  "
+        f"Kendall {show(gd.kendall.mean)}"
     )
-    print(f"wrote {out}/results.json, report.md and plots")
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"wrote {output.out}/results.json, report.md" + (" and plots" if output.plots else ""))
     return 0
 
 
-__all__ = ["add_cli", "load_model", "run_analyze"]
+def _silence_libraries() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+__all__ = ["add_cli", "run_analyze"]

@@ -1,4 +1,4 @@
-"""K/V-only finetuning on the demonstrations, as the paper's FT baseline (paper_spec.md §2.7, §6.9).
+"""K/V-only finetuning on the demonstrations, as the paper's FT baseline (Dai et al. 2023, §3.3 and Appendix B).
 
 Plain SGD (no momentum, no weight decay), constant learning rate, batch 1, one epoch in demonstration order, on the
 K/V deltas of `transformers_momentum.kv_tuning.KVTuningConfig` only. The loss is the token-mean causal-LM NLL over
@@ -26,7 +26,9 @@ FT_METHODS = ("gd", "lcgd")
 @dataclass
 class FinetuneTrace:
     """Per-step losses and, when a probe recorded them, per layer the scaled queries of every training token
-    (start tokens dropped, examples concatenated in order): L tensors of shape (N, heads*head_dim)."""
+    (start tokens dropped, examples concatenated in order): L tensors of shape (N, heads*head_dim). The queries
+    attention uses (after any rotary embedding) need the attention interface; the query projection's outputs are
+    recorded whenever the model has a separate query projection."""
 
     losses: list[float] = field(default_factory=list)
     train_queries: list[torch.Tensor] | None = None
@@ -90,7 +92,7 @@ def kv_finetune(
             "The model has no trainable parameters; wrap it with get_peft_model(model, KVTuningConfig())."
         )
     optimizer = torch.optim.SGD(parameters, lr=lr, momentum=0.0, weight_decay=0.0)
-    trace = FinetuneTrace(train_queries=[] if probe is not None else None)
+    trace = FinetuneTrace()
     per_layer_queries: list[list[torch.Tensor]] | None = None
     per_layer_projected: list[list[torch.Tensor]] | None = None
     base = unwrap_model(model)
@@ -115,11 +117,12 @@ def kv_finetune(
             optimizer.step()
             trace.losses.append(float(loss.detach()))
             if probe is not None:
-                queries = [q[start_length:] for q in probe.train_queries()]
-                if per_layer_queries is None:
-                    per_layer_queries = [[] for _ in queries]
-                for layer, q in enumerate(queries):
-                    per_layer_queries[layer].append(q)
+                queries = probe.train_queries()
+                if queries is not None:
+                    if per_layer_queries is None:
+                        per_layer_queries = [[] for _ in queries]
+                    for layer, q in enumerate(queries):
+                        per_layer_queries[layer].append(q[start_length:])
                 projected = probe.train_projected_queries()
                 if projected is not None:
                     if per_layer_projected is None:

@@ -1,15 +1,15 @@
-"""The paper's ICL-vs-FT metrics (paper_spec.md §3) and the stronger nulls later work asks for, as plain functions.
+"""The ICL-vs-FT metrics of Dai et al. 2023 (§4, Tables 2-5) and the stronger nulls later work asks for.
 
-Every function works on one evaluation example (per-layer arrays in, per-layer values out) so that the runner can
-stream: :class:`StreamingMetric` keeps per-layer running sums plus one layer-averaged scalar per example (for the
-bootstrap), never the recorded tensors. Averaging order follows the paper's code: heads -> examples -> layers.
+Plain functions on one evaluation example (per-layer arrays in, per-layer values out); they need no model and import
+only numpy, scipy and torch. Averaging follows the paper's code: heads -> examples -> layers (the last two in
+`statistics.estimate`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ def accuracy(correct: Sequence[bool]) -> float:
 
 @dataclass(frozen=True)
 class Rec2FTP:
-    """Recall to finetuning predictions (paper §3.2): of the examples FT fixes (FT right, ZSL wrong), the % ICL
+    """Recall to finetuning predictions (Dai et al. 2023, Table 2): of the examples FT fixes (FT right, ZSL wrong), the % ICL
     also gets right. ``value`` is None when FT fixes no example (the ratio is undefined, not 0 or 100)."""
 
     value: float | None
@@ -54,7 +54,7 @@ def rec2ftp(zsl_correct: Sequence[bool], icl_correct: Sequence[bool], ft_correct
 
 
 def simaou(h_zsl: torch.Tensor, h_icl: torch.Tensor, h_ft: torch.Tensor) -> torch.Tensor:
-    """SimAOU per layer (paper §3.3): cos(ĥ_ICL − ĥ_ZSL, ĥ_FT − ĥ_ZSL) of L2-normalized attention outputs.
+    """SimAOU per layer (Dai et al. 2023, Table 3): cos(ĥ_ICL − ĥ_ZSL, ĥ_FT − ĥ_ZSL) of L2-normalized attention outputs.
 
     Inputs are (L, hidden) attention-module outputs at the analysis position; returns (L,).
     """
@@ -82,7 +82,7 @@ def simaou_null(delta_icl: torch.Tensor, kind: str, generator: torch.Generator) 
 
 
 def simam(scores_a: Sequence[torch.Tensor], scores_b: Sequence[torch.Tensor]) -> torch.Tensor:
-    """SimAM per layer (paper §3.4): per head cos of two pre-softmax score rows over the same query-example keys,
+    """SimAM per layer (Dai et al. 2023, Table 4): per head cos of two pre-softmax score rows over the same query-example keys,
     then the mean over heads. Inputs: per layer (heads, n_keys); returns (L,)."""
     return torch.stack([cosine(a, b).mean() for a, b in zip(scores_a, scores_b, strict=True)])
 
@@ -141,7 +141,7 @@ def order_sensitivity(
 
 
 def ft_attention_to_training_tokens(train_queries: torch.Tensor, test_query: torch.Tensor) -> torch.Tensor:
-    """m_FT (paper §3.5): inner products of the training tokens' scaled queries (N, heads*d) with the test token's
+    """m_FT (Dai et al. 2023, Table 5): inner products of the training tokens' scaled queries (N, heads*d) with the test token's
     scaled query (heads*d,), i.e. Σ_h Q'ᵀq summed over heads. Returns (N,)."""
     return train_queries.double() @ test_query.double()
 
@@ -151,87 +151,17 @@ def head_cosines(delta_a: torch.Tensor, delta_b: torch.Tensor) -> torch.Tensor:
     return cosine(delta_a.flatten(1), delta_b.flatten(1))
 
 
-def bootstrap_ci(
-    values: Sequence[float], *, n_resamples: int = 1000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of the mean (NaNs dropped); None with fewer than 2 values."""
-    data = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
-    if data.size < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, data.size, size=(n_resamples, data.size))].mean(axis=1)
-    tail = (1.0 - level) / 2.0
-    return float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))
-
-
-@dataclass
-class StreamingMetric:
-    """Running per-layer mean of a per-layer metric, plus one layer-averaged value per example (for the CI).
-
-    Memory is O(L + #examples) whatever the tensors the metric was computed from. NaN entries are skipped.
-    """
-
-    layer_sum: np.ndarray | None = None
-    layer_count: np.ndarray | None = None
-    example_means: list[float] = field(default_factory=list)
-
-    def add(self, per_layer: torch.Tensor | np.ndarray) -> None:
-        values = np.asarray(
-            per_layer.detach().cpu() if isinstance(per_layer, torch.Tensor) else per_layer, dtype=float
-        )
-        if self.layer_sum is None:
-            self.layer_sum = np.zeros_like(values)
-            self.layer_count = np.zeros_like(values)
-        valid = ~np.isnan(values)
-        self.layer_sum[valid] += values[valid]
-        self.layer_count[valid] += 1
-        self.example_means.append(float(values[valid].mean()) if valid.any() else math.nan)
-
-    def merge(self, other: StreamingMetric) -> None:
-        if other.layer_sum is None:
-            return
-        if self.layer_sum is None:
-            self.layer_sum, self.layer_count = other.layer_sum.copy(), other.layer_count.copy()
-        else:
-            self.layer_sum += other.layer_sum
-            self.layer_count += other.layer_count
-        self.example_means.extend(other.example_means)
-
-    @property
-    def per_layer(self) -> list[float | None]:
-        if self.layer_sum is None:
-            return []
-        with np.errstate(invalid="ignore", divide="ignore"):
-            means = self.layer_sum / self.layer_count
-        return [None if math.isnan(v) else float(v) for v in means]
-
-    @property
-    def mean(self) -> float | None:
-        """Mean over layers of the per-layer means (examples -> layers, as the paper averages)."""
-        values = [v for v in self.per_layer if v is not None]
-        return float(np.mean(values)) if values else None
-
-    def summary(self, seed: int = 0) -> dict:
-        ci = bootstrap_ci(self.example_means, seed=seed)
-        return {
-            "mean": self.mean,
-            "per_layer": self.per_layer,
-            "ci95": list(ci) if ci else None,
-            "n": int(np.sum(~np.isnan(self.example_means))) if self.example_means else 0,
-        }
-
-
 __all__ = [
     "Rec2FTP",
-    "StreamingMetric",
     "accuracy",
     "attention_update",
-    "bootstrap_ci",
     "cosine",
     "delta_simam",
     "ft_attention_to_training_tokens",
     "head_cosines",
     "kendall",
+    "order_sensitivity",
+    "output_kl",
     "rec2ftp",
     "simam",
     "simaou",

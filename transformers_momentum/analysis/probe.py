@@ -5,17 +5,20 @@ The probe registers one attention implementation, ``"tm_probe:<backend>"``, with
 and attention silently stops being causal). The registered function calls the model's own implementation with the
 unchanged arguments, so logits are bit-identical to the bare model, and, while recording, reads per layer:
 
-* ``eval`` mode, at one *analysis position* of the current forward: the scaled pre-softmax score row
+* ``eval`` mode, at one *analysis position* per recorded batch row: the scaled pre-softmax score row
   ``q·kᵀ·scaling`` over all keys up to and including that position (one row per head, O(T), never the T×T map;
-  taken before the mask, as the paper's code does), and the scaled query vector (heads concatenated);
-* ``train`` mode: the scaled queries of every token (the FT "training-token queries", paper §3.5);
+  taken before the mask, as the code of Dai et al. 2023 does for its §4 metrics), and the scaled query vector (heads
+  concatenated);
+* ``train`` mode: the scaled queries of every token (the FT "training-token queries" of the Kendall comparison);
 * in both, a forward hook on the attention module keeps its output (after the output projection, before the
-  residual add) at the analysis position.
+  residual add) at the analysis position, and one on the query projection keeps its output (before any rotary
+  embedding), scaled like the query.
 
-Models whose attention does not dispatch through the interface (bloom, falcon, gpt_neo, ...) are detected with a
-one-token forward and fall back to module hooks with eager attention: the score row is then the log of the eager
-attention probabilities, which equals the pre-softmax row up to a per-row constant (exact for the Kendall ranking,
-approximate for SimAM); training-token queries are not available there.
+Batches are right-padded: each recorded row names its own analysis index among the forward's new tokens, and every
+key up to it is a real token. Models whose attention does not dispatch through the interface (bloom, falcon, xglm,
+...) are detected with a two-token forward and fall back to module hooks with eager attention: the score row is then
+the log of the eager attention probabilities, which equals the pre-softmax row up to a per-row constant (exact for
+the Kendall ranking, approximate for SimAM), and the queries come from the query projection.
 """
 
 from __future__ import annotations
@@ -26,27 +29,24 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..architectures import attention_modules, get_architecture
+from ..architectures import attention_modules, get_architecture, query_projection, unwrap_peft
 from ..attention_interface import original_attention_function, register_wrapped_attention
-from .tasks import AnalysisInputError
+from .errors import AnalysisInputError
 
 _PREFIX = "tm_probe:"
 
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The transformers model inside a peft wrapper."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+unwrap_model = unwrap_peft  # the transformers model inside a peft wrapper
 
 
 @dataclass
 class ProbeRecord:
-    """What one eval-mode forward recorded; per-layer lists indexed by layer.
+    """What one batch row of an eval-mode forward recorded; per-layer lists indexed by layer.
 
     attention_output: (L, hidden) attention-module output at the analysis position.
     scores: L tensors (heads, keys up to the analysis position) of scaled pre-softmax scores.
     query: (L, heads*head_dim) scaled query at the analysis position (None in the fallback).
     projected_query: (L, heads*head_dim) the query projection's output before any rotary embedding, scaled like
-        `query` (None when the attention module has no separate `q_proj`).
+        `query` (None when the attention module has no separate query projection).
     """
 
     attention_output: torch.Tensor
@@ -89,7 +89,7 @@ class AttentionProbe:
         self.num_layers = len(self.modules)
         self._layer_of = {id(m): i for i, m in enumerate(self.modules)}
         self._mode: str | None = None
-        self._analysis_index = -1
+        self._rows: dict[int, int] = {}
         self._seen: set[int] = set()
         self._reset_buffers()
         self.original_implementation = base.config._attn_implementation or "eager"
@@ -101,12 +101,13 @@ class AttentionProbe:
             module._tm_probe = self
         self._hooks = [m.register_forward_hook(self._output_hook) for m in self.modules]
         # Queries before the rotary embedding: with RoPE, q'_j·q of the FT Kendall side also depends on the two
-        # tokens' positions, which the paper's absolute-position GPT did not have. Recorded when q_proj exists.
-        projections = [getattr(m, "q_proj", None) for m in self.modules]
-        self.has_projected_queries = all(isinstance(q, nn.Module) for q in projections)
+        # tokens' positions, which the paper's absolute-position GPT did not have.
+        projections = [query_projection(m, base.config) for m in self.modules]
+        self.has_projected_queries = all(p is not None for p in projections)
         if self.has_projected_queries:
             self._hooks += [
-                q.register_forward_hook(self._make_projection_hook(i)) for i, q in enumerate(projections)
+                module.register_forward_hook(self._make_projection_hook(i, scaling))
+                for i, (module, scaling) in enumerate(projections)
             ]
         base.set_attn_implementation(_PREFIX + backend)
         self.fallback = not self._dispatches_through_interface()
@@ -116,11 +117,12 @@ class AttentionProbe:
     # ------------------------------------------------------------------------------------------ capture
 
     def _reset_buffers(self) -> None:
-        self._outputs: list[torch.Tensor | None] = [None] * self.num_layers
-        self._scores: list[torch.Tensor | None] = [None] * self.num_layers
-        self._queries: list[torch.Tensor | None] = [None] * self.num_layers
+        layers = range(self.num_layers)
+        self._outputs: list[dict[int, torch.Tensor]] = [{} for _ in layers]
+        self._scores: list[dict[int, torch.Tensor]] = [{} for _ in layers]
+        self._queries: list[dict[int, torch.Tensor]] = [{} for _ in layers]
+        self._projected: list[dict[int, torch.Tensor]] = [{} for _ in layers]
         self._train_queries: list[torch.Tensor | None] = [None] * self.num_layers
-        self._projected: list[torch.Tensor | None] = [None] * self.num_layers
         self._train_projected: list[torch.Tensor | None] = [None] * self.num_layers
 
     def _capture(self, module, query: torch.Tensor, key: torch.Tensor, scaling: float | None) -> None:
@@ -140,49 +142,47 @@ class AttentionProbe:
                 )
                 return
             q_len, total = query.shape[2], key.shape[2]
-            row = self._analysis_index % q_len
-            position = total - q_len + row  # absolute position of the analysis token among the keys
-            q_row = query[0, :, row].detach().float()  # (H, d)
-            keys = key[0, :, : position + 1].detach().float()  # (H_kv, T', d)
-            groups = q_row.shape[0] // keys.shape[0]
-            scores = torch.einsum("kgd,ktd->kgt", q_row.view(keys.shape[0], groups, -1), keys) * scaling
-            self._scores[layer] = scores.reshape(q_row.shape[0], -1).cpu()
-            self._queries[layer] = (q_row * scaling).flatten().cpu()
+            for row, index in self._rows.items():
+                index %= q_len
+                position = total - q_len + index  # absolute position of the analysis token among the keys
+                q_row = query[row, :, index].detach().float()  # (H, d)
+                keys = key[row, :, : position + 1].detach().float()  # (H_kv, T', d)
+                groups = q_row.shape[0] // keys.shape[0]
+                scores = torch.einsum("kgd,ktd->kgt", q_row.view(keys.shape[0], groups, -1), keys) * scaling
+                self._scores[layer][row] = scores.reshape(q_row.shape[0], -1).cpu()
+                self._queries[layer][row] = (q_row * scaling).flatten().cpu()
 
     def _output_hook(self, module, args, output) -> None:
-        if self._mode not in ("eval", "train"):
+        if self._mode != "eval":
             return
         layer = self._layer_of[id(module)]
         hidden = output[0] if isinstance(output, tuple) else output
-        if self._mode == "eval":
-            self._outputs[layer] = hidden[0, self._analysis_index].detach().float().cpu()
+        q_len = hidden.shape[1]
+        weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+        for row, index in self._rows.items():
+            index %= q_len
+            self._outputs[layer][row] = hidden[row, index].detach().float().cpu()
             if self.fallback:
-                weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
                 if weights is None:
                     raise AnalysisInputError(
                         f"{type(module).__name__} does not dispatch through the attention interface and returned no "
                         "attention weights in eager mode; the probe cannot read its scores."
                     )
-                row = weights[0, :, self._analysis_index].detach().float()
-                q_len = hidden.shape[1]
-                position = row.shape[-1] - q_len + (self._analysis_index % q_len)
-                self._scores[layer] = row[:, : position + 1].clamp_min(1e-30).log().cpu()
+                probabilities = weights[row, :, index].detach().float()
+                position = probabilities.shape[-1] - q_len + index
+                self._scores[layer][row] = probabilities[:, : position + 1].clamp_min(1e-30).log().cpu()
 
-    def _make_projection_hook(self, layer: int):
-        module = self.modules[layer]
-
+    def _make_projection_hook(self, layer: int, scaling: float):
         def hook(projection, args, output):
             if self._mode not in ("eval", "train"):
                 return
-            scaling = (
-                getattr(module, "scaling", None) or getattr(module, "head_dim", output.shape[-1]) ** -0.5
-            )
             with torch.no_grad():
                 if self._mode == "train":
                     self._train_projected[layer] = (output[0].detach().float() * scaling).cpu()
-                else:
-                    self._projected[layer] = (
-                        output[0, self._analysis_index].detach().float() * scaling
+                    return
+                for row, index in self._rows.items():
+                    self._projected[layer][row] = (
+                        output[row, index % output.shape[1]].detach().float() * scaling
                     ).cpu()
 
         return hook
@@ -202,30 +202,48 @@ class AttentionProbe:
     # ------------------------------------------------------------------------------------------ public
 
     @contextlib.contextmanager
-    def record_eval(self, analysis_index: int = -1):
-        """Record one eval forward at `analysis_index` (an index into the forward's new tokens; -1 = last)."""
+    def record_eval(self, positions: int | dict[int, int] = -1):
+        """Record one eval forward. `positions` maps batch rows to their analysis index among the forward's new
+        tokens (an int: row 0 only; -1 = the last token)."""
         self._reset_buffers()
-        self._mode, self._analysis_index = "eval", analysis_index
+        self._rows = {0: positions} if isinstance(positions, int) else dict(positions)
+        self._mode = "eval"
         try:
             yield self
         finally:
             self._mode = None
 
+    def eval_records(self) -> dict[int, ProbeRecord]:
+        """The last recorded eval forward, per recorded batch row."""
+        records = {}
+        for row in self._rows:
+            if any(row not in o for o in self._outputs) or any(row not in s for s in self._scores):
+                raise RuntimeError("The probe did not see every layer in the last recorded forward.")
+            queries = None
+            if not self.fallback and all(row in q for q in self._queries):
+                queries = torch.stack([q[row] for q in self._queries])
+            projected = None
+            if all(row in q for q in self._projected):
+                projected = torch.stack([q[row] for q in self._projected])
+            records[row] = ProbeRecord(
+                torch.stack([o[row] for o in self._outputs]),
+                [s[row] for s in self._scores],
+                queries,
+                projected,
+            )
+        return records
+
     def eval_record(self) -> ProbeRecord:
-        if any(o is None for o in self._outputs) or any(s is None for s in self._scores):
-            raise RuntimeError("The probe did not see every layer in the last recorded forward.")
-        queries = (
-            None if self.fallback or any(q is None for q in self._queries) else torch.stack(self._queries)
-        )
-        projected = None if any(q is None for q in self._projected) else torch.stack(self._projected)
-        return ProbeRecord(torch.stack(self._outputs), list(self._scores), queries, projected)
+        """The record of the first recorded row of the last eval forward."""
+        return self.eval_records()[next(iter(self._rows))]
 
     @contextlib.contextmanager
     def record_train(self):
-        """Record the scaled queries of every token of one training forward."""
-        if self.fallback:
+        """Record the scaled queries of every token of one (batch-1) training forward."""
+        if self.fallback and not self.has_projected_queries:
             raise AnalysisInputError(
-                "Training-token queries need a model that dispatches through the attention interface."
+                "Training-token queries need a model that dispatches through the attention interface or has a "
+                "separate query projection."
             )
         self._reset_buffers()
         self._mode = "train"
@@ -234,8 +252,10 @@ class AttentionProbe:
         finally:
             self._mode = None
 
-    def train_queries(self) -> list[torch.Tensor]:
-        """Per layer (T, heads*head_dim) scaled queries of the last recorded training forward."""
+    def train_queries(self) -> list[torch.Tensor] | None:
+        """Per layer (T, heads*head_dim) scaled queries of the last recorded training forward (None in the fallback)."""
+        if self.fallback:
+            return None
         if any(q is None for q in self._train_queries):
             raise RuntimeError("The probe did not see every layer in the last recorded training forward.")
         return list(self._train_queries)
@@ -255,52 +275,4 @@ class AttentionProbe:
         unwrap_model(self.model).set_attn_implementation(self.original_implementation)
 
 
-class KVInputSecondMoment:
-    """Streams ``S_l = Σ_t x̃_t x̃_tᵀ`` of the key/value projections' input x̃ = [x; 1], per layer.
-
-    This is all the relaxed-linear-attention weight-space comparison (paper §1.2-1.3) needs: with it,
-    ``ΔW_ICL = W̃_V S' W̃_Kᵀ`` over demonstration tokens and ``ΔW_FT = (W̃_V+ΔW̃_V) S (W̃_K+ΔW̃_K)ᵀ − W̃_V S W̃_Kᵀ``
-    over query-example tokens, where W̃ = [W | b] (bias as an extra input column). Only models with separate key
-    and value projections fed the same input are supported (``supported`` is False otherwise).
-    """
-
-    def __init__(self, model: nn.Module):
-        base = unwrap_model(model)
-        spec = get_architecture(base)
-        self.supported = spec.kv.fused is None
-        self.moments: list[torch.Tensor | None] = []
-        self.positions: slice | None = None
-        self._hooks = []
-        if not self.supported:
-            return
-        self.key_modules = [getattr(m, spec.kv.key) for m in attention_modules(base)]
-        self.value_modules = [getattr(m, spec.kv.value) for m in attention_modules(base)]
-        self.moments = [None] * len(self.key_modules)
-        for layer, module in enumerate(self.key_modules):
-            self._hooks.append(module.register_forward_pre_hook(self._make_hook(layer)))
-
-    def _make_hook(self, layer: int):
-        def hook(module, args):
-            if self.positions is None:
-                return
-            x = args[0][0, self.positions].detach().double()
-            x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
-            moment = (x.T @ x).cpu()
-            self.moments[layer] = moment if self.moments[layer] is None else self.moments[layer] + moment
-
-        return hook
-
-    @contextlib.contextmanager
-    def accumulate(self, positions: slice):
-        self.positions = positions
-        try:
-            yield
-        finally:
-            self.positions = None
-
-    def remove(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
-
-
-__all__ = ["AttentionProbe", "KVInputSecondMoment", "ProbeRecord", "unwrap_model"]
+__all__ = ["AttentionProbe", "ProbeRecord", "unwrap_model"]

@@ -1,4 +1,5 @@
-"""Token layout of ZSL, ICL and FT sequences (paper_spec.md §2.4), adapted to Hugging Face tokenizers.
+"""Token layout of ZSL, ICL and FT sequences, as the code released with Dai et al. 2023 builds them (§3-4),
+adapted to Hugging Face tokenizers.
 
 The paper's fairseq code builds, per task:
 
@@ -8,16 +9,19 @@ The paper's fairseq code builds, per task:
 * FT training sequence for demo i: ``[START] + tok(T_in(x'_i)) + tok(" " + y'_i)`` (no trailing separator).
 
 On HF tokenizers: START is the tokenizer's BOS token, or its EOS token when it has no BOS (GPT-2 style models, where
-one token plays both roles); when the tokenizer has neither, sequences start without one. SEP is the EOS token (the
-fairseq `</s>` line separator), or the tokens of ``"\\n"`` with ``separator="newline"``. Input and answer are tokenized
-separately with ``add_special_tokens=False`` so the label tokens are exactly the candidates' tokens, as in the paper.
+one token plays both roles), or the token named by ``start_token``; when there is none, sequences start without one.
+SEP is the EOS token (the fairseq ``</s>`` line separator), or the tokens of ``"\\n"`` with ``separator="newline"``.
+fairseq encodes every line of a text separately and ends it with ``</s>``; ``newline="eos"`` does the same for line
+breaks inside the text (the convention of the paper's fairseq GPT models). Input and answer are tokenized separately
+with ``add_special_tokens=False`` so the label tokens are exactly the candidates' tokens, as in the paper.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .tasks import AnalysisInputError, TaskSpec
+from .errors import AnalysisInputError
+from .tasks import TaskSpec
 
 
 @dataclass(frozen=True)
@@ -38,11 +42,30 @@ class Context:
 class PromptLayout:
     """Builds the token sequences of one task for one tokenizer (see the module docstring)."""
 
-    def __init__(self, tokenizer, task: TaskSpec, *, separator: str = "eos", start_token: bool = True):
+    def __init__(
+        self,
+        tokenizer,
+        task: TaskSpec,
+        *,
+        separator: str = "eos",
+        start_token: str | None = None,
+        newline: str = "keep",
+        use_start_token: bool = True,
+    ):
         self.tokenizer = tokenizer
         self.task = task
-        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        self.start_ids: list[int] = [start] if (start_token and start is not None) else []
+        if newline not in ("keep", "eos"):
+            raise AnalysisInputError(f"newline must be 'keep' or 'eos', got {newline!r}.")
+        if newline == "eos" and tokenizer.eos_token_id is None:
+            raise AnalysisInputError("newline='eos' needs a tokenizer with an EOS token.")
+        self.newline = newline
+        if start_token is not None:
+            start = tokenizer.convert_tokens_to_ids(start_token)
+            if start is None or (start == tokenizer.unk_token_id and start_token != tokenizer.unk_token):
+                raise AnalysisInputError(f"start_token {start_token!r} is not a token of the tokenizer.")
+        else:
+            start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        self.start_ids: list[int] = [start] if (use_start_token and start is not None) else []
         if separator == "eos":
             if tokenizer.eos_token_id is None:
                 raise AnalysisInputError(
@@ -60,7 +83,17 @@ class PromptLayout:
             )
 
     def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if self.newline == "eos" and "\n" in text:
+            ids: list[int] = []
+            for i, line in enumerate(text.split("\n")):
+                if i:
+                    ids.append(self.tokenizer.eos_token_id)
+                ids += self._encode_line(line)
+            return ids
+        return self._encode_line(text)
+
+    def _encode_line(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
     def _label_tokens(self, word: str) -> list[int]:
         ids = self._encode(self.task.answer_prefix + word)
@@ -104,6 +137,11 @@ class PromptLayout:
     def query_ids(self, example: dict, candidate: int = 0) -> list[int]:
         """The query part of an evaluation sequence: ``tok(T_in(x)) + tok(" " + c)``."""
         return self.input_ids(example) + self.label_ids[candidate]
+
+    def longest_query(self, examples) -> int:
+        """Tokens of the longest evaluation sequence among `examples` with the longest answer (START included)."""
+        longest_answer = max(map(len, self.label_ids))
+        return len(self.start_ids) + longest_answer + max(len(self.input_ids(ex)) for ex in examples)
 
 
 __all__ = ["Context", "PromptLayout"]

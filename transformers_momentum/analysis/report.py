@@ -1,7 +1,10 @@
-"""results.json, report.md (our numbers beside the paper's) and the per-layer plots, written atomically.
+"""report.md (one table over the results schema, beside the paper's numbers), results.json, plots, records.npz.
 
-Everything goes into a temporary sibling folder that is renamed to the output folder only once complete, so an
-error never leaves a half-written output folder behind.
+Every row of the report's table is one metric of the schema (`results.AnalysisResult`), defined once in `ROWS`;
+its columns are the main comparison (vanilla GD on the pretrained model) with its interval and seed spread, the
+published numbers, and the controls. `render_task_table` lays the same rows out over tasks. Outputs are written
+into a temporary sibling folder that is renamed to the output folder only once complete, so an error never leaves
+a half-written output folder behind.
 """
 
 from __future__ import annotations
@@ -10,10 +13,14 @@ import json
 import math
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# The paper's numbers (ACL version, Tables 1-5; paper_spec.md §4), per task: (GPT 1.3B, GPT 2.7B).
+from .results import AnalysisResult
+from .statistics import WILSON, Estimate
+
+# The paper's numbers (Dai et al. 2023, ACL version, Tables 1-5), per task: (GPT 1.3B, GPT 2.7B).
 PAPER = {
     "accuracy_zsl": {"sst2": (70.5, 71.4), "sst5": (39.3, 35.9), "mr": (65.9, 60.9), "subj": (72.6, 75.2), "agnews": (46.3, 39.8), "cb": (37.5, 42.9)},
     "accuracy_ft": {"sst2": (73.9, 76.9), "sst5": (39.5, 39.1), "mr": (73.0, 80.0), "subj": (77.8, 86.1), "agnews": (65.3, 65.7), "cb": (55.4, 57.1)},
@@ -27,7 +34,7 @@ PAPER = {
     "kendall": {"sst2": (0.192, 0.213), "sst5": (0.151, 0.177), "mr": (0.173, 0.264), "subj": (0.181, 0.203), "agnews": (0.190, 0.201), "cb": (0.274, 0.225)},
 }  # fmt: skip
 
-# Deutch et al. (NAACL 2024) artifacts, GPT 1.3B, mean of 3 seeds (field_notes.md §2.1).
+# Deutch et al. 2024 (NAACL), GPT 1.3B, mean of 3 seeds, from their released result files.
 DEUTCH = {
     "simaou_gd": {"sst2": 0.111, "sst5": 0.092, "mr": 0.216, "subj": 0.177, "agnews": 0.308, "cb": 0.205},
     "simaou_lcgd": {"sst2": 0.223, "sst5": 0.107, "mr": 0.328, "subj": 0.345, "agnews": 0.327, "cb": 0.344},
@@ -38,193 +45,151 @@ DEUTCH = {
 }  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Row:
+    """One metric of the report: `metric` names a `ModelResult` field (``scope="model"``) or a `ComparisonResult`
+    field (``scope="comparison"``); `paper` / `deutch` name the published numbers beside it."""
+
+    label: str
+    metric: str
+    scope: str
+    paper: str | None = None
+    deutch: str | None = None  # DEUTCH key prefix: "<prefix>_gd", "<prefix>_lcgd", "<prefix>_untrained"
+    digits: int = 3
+
+
+ROWS = (
+    Row("ZSL accuracy (%)", "accuracy_zsl", "model", "accuracy_zsl", digits=1),
+    Row("ICL accuracy (%)", "accuracy_icl", "model", "accuracy_icl", digits=1),
+    Row("FT accuracy (%)", "accuracy_ft", "comparison", "accuracy_ft", digits=1),
+    Row("Rec2FTP (%)", "rec2ftp", "comparison", "rec2ftp", digits=1),
+    Row("SimAOU (ICL vs FT updates)", "simaou", "comparison", "simaou", "simaou"),
+    Row("SimAOU Uniform[0,1) null (paper's)", "simaou_uniform_null", "model", "simaou_random"),
+    Row("SimAOU isotropic Gaussian null", "simaou_gaussian_null", "model"),
+    Row("SimAOU shuffled-example null", "simaou_shuffled_null", "comparison"),
+    Row("SimAM before FT (ICL vs ZSL)", "simam_before", "model", "simam_before"),
+    Row("SimAM after FT (ICL vs FT)", "simam_after", "comparison", "simam_after"),
+    Row("ΔSimAM (updates vs ZSL)", "delta_simam", "comparison", None, "delta_simam"),
+    Row("Kendall τ (ICL, FT)", "kendall", "comparison", "kendall"),
+    Row("Kendall τ (ICL, random)", "kendall_random", "comparison", "kendall_random"),
+    Row("Kendall τ, pre-rotary queries", "kendall_pre_rotary", "comparison"),
+    Row("top-k recall (ICL, FT)", "topk_recall", "comparison"),
+    Row("top-k recall (ICL, random)", "topk_random", "comparison"),
+    Row("weight space cos(ΔW_ICL, ΔW_FT)", "weight_space", "comparison"),
+    Row("next-token KL(ICL ‖ FT), nats", "output_kl", "comparison"),
+    Row("next-token KL(ICL ‖ ZSL), nats", "output_kl_zsl", "model"),
+    Row("next-token top-k overlap (ICL, FT)", "output_topk", "comparison"),
+    Row("next-token top-k overlap (ICL, ZSL)", "output_topk_zsl", "model"),
+    Row("order: ICL predictions changed (%)", "order.icl_flip_rate", "model", digits=1),
+    Row("order: FT predictions changed (%)", "order.ft_flip_rate", "model", digits=1),
+    Row("order: std of P(gold), ICL", "order.icl_gold_prob_std", "model"),
+    Row("order: std of P(gold), FT", "order.ft_gold_prob_std", "model"),
+)
+
+# Columns after the main one: (model, variant, header, Deutch suffix).
+CONTROL_COLUMNS = (
+    ("pretrained", "lcgd", "LCGD", "lcgd"),
+    ("pretrained", "random_label", "random-label FT", None),
+    ("pretrained", "other_task", "other-task FT", None),
+    ("untrained", "gd", "untrained model", "untrained"),
+)
+
+
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{value:.{digits}f}"
 
 
-def _ci(ci) -> str:
-    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-
-
-def _get(node: dict, path: str):
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
+def cell(result: AnalysisResult, row: Row, model: str = "pretrained", variant: str = "gd"):
+    """The value of `row` for (model, variant): an Estimate, a float, or None when not measured."""
+    if model not in result.models:
+        return None
+    node: Any = result.models[model]
+    if row.scope == "comparison":
+        node = node.comparisons.get(variant)
+    for part in row.metric.split("."):
+        node = getattr(node, part, None) if node is not None else None
+    if row.metric == "weight_space" and node is not None:
+        return node.mean
     return node
 
 
-def render_report(results: dict[str, Any]) -> str:
-    """report.md: the run's settings, our numbers with 95% bootstrap intervals, and the paper's beside them."""
-    config = results["config"]
-    task = config["task"]
-    paper = lambda key: PAPER.get(key, {}).get(task, (None, None))  # noqa: E731
-    deutch = lambda key: DEUTCH.get(key, {}).get(task)  # noqa: E731
-    acc = results["accuracy"]
+def _value(value) -> float | None:
+    return value.mean if isinstance(value, Estimate) else value
+
+
+def _with_ci(value, digits: int) -> str:
+    text = _fmt(_value(value), digits)
+    if isinstance(value, Estimate) and value.ci95:
+        text += f" [{value.ci95[0]:.{digits}f}, {value.ci95[1]:.{digits}f}]" + (
+            "ᵂ" if value.interval == WILSON else ""
+        )
+    return text
+
+
+def render_report(result: AnalysisResult) -> str:
+    """report.md: settings, warnings, the one table of metrics, and the per-seed table."""
+    config, run, task = result.config, result.run, result.config["task"]
+    seeds = result.seeds
     lines = [
-        f"# ICL vs K/V finetuning: {task} on {config['model']}",
+        f"# ICL vs K/V finetuning: {task} on {run['model']}",
         "",
-        f"- evaluation examples: {config['n_eval_used']} (eval split shuffled with seed 1, first N); demo seeds: "
-        f"{config['seeds_analyzed']}; k requested {config['k']}, effective "
-        f"{[s['k_effective'] for s in results['seeds']]}; learning rates {[s['lr'] for s in results['seeds']]}",
-        f"- tuning split: {config['tuning_split']}; analysis position: {config['analysis_position']}; "
-        f"data: {config['data_source']}; wall time {config['wall_seconds']} s",
-        "- intervals are 95% percentile-bootstrap intervals over evaluation examples (pooled over seeds).",
-        "- paper: Dai et al. 2023 (ACL), GPT 1.3B / 2.7B, one tuned seed, 56-2000 evaluation examples.",
-        "",
-        "## Accuracy (%) and Rec2FTP (%)",
-        "",
-        "| | ours | paper 1.3B | paper 2.7B |",
-        "|---|---|---|---|",
+        f"- {run['n_eval_used']} evaluation examples (the eval split shuffled with seed 1, first N); demonstration "
+        f"seeds {run['seeds_analyzed']}; k requested {config['k']}, effective {[s.k_effective for s in seeds]}; "
+        f"learning rates {[s.lr for s in seeds]} (tuning split: {run['tuning_split']})",
+        f"- analysis position: {config['analysis_position']}; data: {run['data_source']}; {run['dtype']} on "
+        f"{', '.join(run['devices'])}, batch {config['batch_size']}; wall time {run['wall_seconds']} s",
+        "- **Intervals** are 95% intervals over evaluation examples, the unit that varies: every seed evaluates the "
+        "same examples, so seeds are averaged within an example before resampling (a cluster bootstrap, percentile); "
+        "accuracies marked ᵂ are Wilson score intervals (one outcome per example). The seed-to-seed spread is the "
+        "`seed SD` column (standard deviation of the per-seed estimates) and the per-seed table.",
+        "- Published numbers: Dai et al. 2023 (ACL), GPT 1.3B / 2.7B, one tuned seed, 56-2000 evaluation examples; "
+        "Deutch et al. 2024 (D), GPT 1.3B, mean of 3 seeds.",
     ]
-    for name in ("zsl", "ft", "icl"):
-        p = paper(f"accuracy_{name}")
-        lines.append(
-            f"| {name.upper()} | {_fmt(acc[name], 1)}{_ci(acc['ci95'][name])} | {_fmt(p[0], 1)} | {_fmt(p[1], 1)} |"
-        )
-    p = paper("rec2ftp")
-    detail = results["rec2ftp_detail"]
-    lines.append(
-        f"| Rec2FTP | {_fmt(results['rec2ftp'], 1)} ({detail['n_both_corrected']}/{detail['n_ft_corrected']}) | "
-        f"{_fmt(p[0], 2)} | {_fmt(p[1], 2)} |"
-    )
-    lines += ["", "## Similarity metrics (mean over examples, then layers)", "",
-              "| metric | ours | paper 1.3B | paper 2.7B | Deutch et al. 1.3B |", "|---|---|---|---|---|"]  # fmt: skip
-    rows = [
-        ("SimAOU (ΔFT)", results["simaou"]["mean"], results["simaou"]["ci95"], "simaou", deutch("simaou_gd")),
-        ("SimAOU Uniform[0,1) null (paper)", results["simaou"]["random_mean"], None, "simaou_random", None),
-        ("SimAOU isotropic Gaussian null", results["simaou"]["gaussian_mean"], None, None, None),
-        ("SimAOU shuffled-example null", results["simaou"]["shuffled_mean"], None, None, None),
-        (
-            "SimAM before FT (ICL vs ZSL)",
-            results["simam"]["before_ft"],
-            results["simam"]["before_ci95"],
-            "simam_before",
-            None,
-        ),
-        (
-            "SimAM after FT (ICL vs FT)",
-            results["simam"]["after_ft"],
-            results["simam"]["after_ci95"],
-            "simam_after",
-            None,
-        ),
-        (
-            "ΔSimAM (updates vs ZSL)",
-            results["simam"]["delta"],
-            results["simam"]["delta_ci95"],
-            None,
-            deutch("delta_simam_gd"),
-        ),
-        ("Kendall τ (ICL, FT)", results["kendall"]["mean"], results["kendall"]["ci95"], "kendall", None),
-        ("Kendall τ (ICL, random)", results["kendall"]["random_mean"], None, "kendall_random", None),
-        (
-            "Kendall τ (ICL, FT) with pre-rotary queries",
-            results["kendall"].get("pre_rotary_mean"),
-            None,
-            None,
-            None,
-        ),
-        (
-            f"top-{results['kendall']['topk']} recall (ICL, FT)",
-            results["kendall"]["topk_recall"],
-            None,
-            None,
-            None,
-        ),
-        (
-            f"top-{results['kendall']['topk']} recall (ICL, random)",
-            results["kendall"]["topk_random"],
-            None,
-            None,
-            None,
-        ),
-        ("weight space cos(ΔW_ICL, ΔW_FT)", _get(results, "weight_space.mean"), None, None, None),
-        ("next-token KL(ICL ‖ FT), nats", _get(results, "output.kl_icl_ft"), _get(results, "output.kl_icl_ft_ci95"), None, None),
-        ("next-token KL(ICL ‖ ZSL), nats (reference)", _get(results, "output.kl_icl_zsl"), _get(results, "output.kl_icl_zsl_ci95"), None, None),
-        (f"next-token top-{_get(results, 'output.topk')} overlap (ICL, FT)", _get(results, "output.topk_overlap_icl_ft"), None, None, None),
-        (f"next-token top-{_get(results, 'output.topk')} overlap (ICL, ZSL)", _get(results, "output.topk_overlap_icl_zsl"), None, None, None),
-    ]  # fmt: skip
-    for name, value, ci, paper_key, deutch_value in rows:
-        p = paper(paper_key) if paper_key else (None, None)
-        lines.append(
-            f"| {name} | {_fmt(value)}{_ci(ci)} | {_fmt(p[0])} | {_fmt(p[1])} | {_fmt(deutch_value)} |"
-        )
-    controls = results.get("controls", {})
-    if controls:
-        lines += ["", "## Controls", "", "| control | FT acc | SimAOU | SimAM after | ΔSimAM | Kendall τ | Deutch SimAOU / ΔSimAM |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
-        main = (
-            "vanilla GD (main)",
-            acc["ft"],
-            results["simaou"]["mean"],
-            results["simam"]["after_ft"],
-            results["simam"]["delta"],
-            results["kendall"]["mean"],
-            (deutch("simaou_gd"), deutch("delta_simam_gd")),
-        )
-        entries = [main]
-        # FT variants on the real model: (control key, row label, Deutch et al. suffix or None).
-        variants = (
-            ("lcgd", "layer-causal GD", "lcgd"),
-            ("random_label", "random-label FT", None),
-            ("other_task", f"FT on another task ({config.get('other_task_used')})", None),
-        )
-        for key, label, deutch_suffix in variants:
-            if key not in controls:
+    if result.warnings:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in result.warnings]
+    present = [c for c in CONTROL_COLUMNS if any(cell(result, r, c[0], c[1]) is not None for r in ROWS)]
+    header = ["metric", "ours (vanilla GD) [95% CI]", "seed SD", "paper 1.3B / 2.7B", "D (GD)"] + [
+        c[2] for c in present
+    ]
+    lines += ["", "## Results", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in ROWS:
+        main = cell(result, row)
+        if main is None and all(cell(result, row, m, v) is None for m, v, _, _ in present):
+            continue
+        paper = PAPER.get(row.paper, {}).get(task) if row.paper else None
+        published = f"{_fmt(paper[0], row.digits)} / {_fmt(paper[1], row.digits)}" if paper else ""
+        deutch = DEUTCH.get(f"{row.deutch}_gd", {}).get(task) if row.deutch else None
+        spread = main.seed_sd if isinstance(main, Estimate) else None
+        cells = [row.label, _with_ci(main, row.digits), _fmt(spread, row.digits) if spread is not None else "",
+                 published, _fmt(deutch, row.digits) if deutch is not None else ""]  # fmt: skip
+        for model, variant, _, suffix in present:
+            if row.scope == "model" and model == "pretrained":
+                cells.append("")
                 continue
-            c = controls[key]
-            published = (
-                (deutch(f"simaou_{deutch_suffix}"), deutch(f"delta_simam_{deutch_suffix}"))
-                if deutch_suffix
-                else (None, None)
-            )
-            entries.append(
-                (
-                    label,
-                    c["accuracy_ft"],
-                    c["simaou"]["mean"],
-                    c["simam_after_ft"]["mean"],
-                    c["delta_simam"]["mean"],
-                    c["kendall"]["mean"],
-                    published,
-                )
-            )
-        if "untrained" in controls:
-            c = controls["untrained"]
-            entries.append(
-                (
-                    f"untrained model (ICL acc {_fmt(c['accuracy']['icl'], 1)})",
-                    c["accuracy"]["ft"],
-                    c["simaou"]["mean"],
-                    c["simam"]["after_ft"],
-                    c["simam"]["delta"],
-                    c["kendall"]["mean"],
-                    (deutch("simaou_untrained"), deutch("delta_simam_untrained")),
-                )
-            )
-        for name, ft_acc, s, a, d, kt, dv in entries:
-            lines.append(
-                f"| {name} | {_fmt(ft_acc, 1)} | {_fmt(s)} | {_fmt(a)} | {_fmt(d)} | {_fmt(kt)} | {_fmt(dv[0])} / {_fmt(dv[1])} |"
-            )
-    order = results.get("order_sensitivity")
-    if order:
-        lines += ["", f"## Order sensitivity (Shen et al.; the same demonstrations in {order['orders']} orders)", "",
-                  "| | predictions that change with the order (%) | std of P(gold) across orders |", "|---|---|---|"]  # fmt: skip
-        for setting in ("icl", "ft"):
-            lines.append(
-                f"| {setting.upper()} | {_fmt(order[f'{setting}_flip_rate'], 1)}{_ci(order[f'{setting}_flip_rate_ci95'])} "
-                f"| {_fmt(order[f'{setting}_gold_prob_std'])}{_ci(order[f'{setting}_gold_prob_std_ci95'])} |"
-            )
-    lines += ["", "## Per seed", "", "| seed | k | lr | ZSL | ICL | FT | SimAOU | SimAM before | SimAM after | Kendall |",
+            text = _fmt(_value(cell(result, row, model, variant)), row.digits)
+            published = DEUTCH.get(f"{row.deutch}_{suffix}", {}).get(task) if row.deutch and suffix else None
+            cells.append(text + (f" (D {_fmt(published, row.digits)})" if published is not None else ""))
+        if row.metric == "rec2ftp":
+            counts = result.models["pretrained"].comparisons["gd"].rec2ftp_counts
+            cells[1] += f" ({counts[1]}/{counts[0]})"
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Per seed", "", "| seed | k | lr | ZSL | ICL | FT | SimAOU | SimAM after | Kendall τ | random labels kept |",
               "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for s in results["seeds"]:
-        a = s["accuracy"]
+    main = result.models["pretrained"]
+    gd = main.comparisons["gd"]
+    random_info = main.comparisons["random_label"].info if "random_label" in main.comparisons else []
+    for i, seed in enumerate(seeds):
+        kept = random_info[i].get("labels_kept") if i < len(random_info) else None
+        per_seed = [
+            _fmt(e.per_seed[i] if i < len(e.per_seed) else None, d)
+            for e, d in ((main.accuracy_zsl, 1), (main.accuracy_icl, 1), (gd.accuracy_ft, 1), (gd.simaou, 3), (gd.simam_after, 3), (gd.kendall, 3))
+        ]  # fmt: skip
         lines.append(
-            f"| {s['seed']} | {s['k_effective']} | {s['lr']} | {_fmt(a['zsl'], 1)} | {_fmt(a['icl'], 1)} | {_fmt(a['ft'], 1)} | "
-            f"{_fmt(s['simaou'])} | {_fmt(s['simam_before'])} | {_fmt(s['simam_after'])} | {_fmt(s['kendall'])} |"
+            f"| {seed.seed} | {seed.k_effective} | {seed.lr} | "
+            + " | ".join(per_seed)
+            + f" | {'' if kept is None else f'{kept} of {seed.k_effective}'} |"
         )
     lines += [
         "",
@@ -234,41 +199,55 @@ def render_report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _json_default(value):
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
-def _clean(value):
-    # JSON has no NaN: write null.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
+def render_task_table(results_by_task: dict[str, AnalysisResult]) -> str:
+    """One markdown table over tasks, with the rows of `ROWS`: our value (paper 1.3B/2.7B; D = Deutch et al.),
+    then each control as its own row."""
+    order = ("sst2", "sst5", "mr", "subj", "agnews", "cb")
+    tasks = [t for t in order if t in results_by_task] + [t for t in results_by_task if t not in order]
+    lines = ["| metric | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    columns = (("pretrained", "gd", "", "gd"),) + CONTROL_COLUMNS
+    for row in ROWS:
+        for model, variant, header, suffix in columns:
+            if header and row.scope == "model" and model == "pretrained":
+                continue
+            cells, seen = [], False
+            for task in tasks:
+                value = _value(cell(results_by_task[task], row, model, variant))
+                seen |= value is not None
+                extra = []
+                if not header and row.paper and task in PAPER.get(row.paper, {}):
+                    p = PAPER[row.paper][task]
+                    extra.append(f"{_fmt(p[0], row.digits)}/{_fmt(p[1], row.digits)}")
+                if row.deutch and suffix and task in DEUTCH.get(f"{row.deutch}_{suffix}", {}):
+                    extra.append(f"D {_fmt(DEUTCH[f'{row.deutch}_{suffix}'][task], row.digits)}")
+                cells.append(_fmt(value, row.digits) + (f" ({'; '.join(extra)})" if extra else ""))
+            if seen:
+                label = row.label + (f", {header}" if header else "")
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def write_outputs(
-    results: dict[str, Any], out_dir: str | Path, *, plots: bool = True, overwrite: bool = True
+    result: AnalysisResult, out_dir: str | Path, *, plots: bool = True, overwrite: bool = True
 ) -> Path:
-    """Write results.json, report.md and the plots into `out_dir`, atomically (temp folder, then rename)."""
+    """results.json, report.md, the plots and (with records) records.npz in `out_dir`, atomically."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty; pass --overwrite or choose another --out.")
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not overwrite)):
+        raise FileExistsError(
+            f"{out_dir} exists and is not an empty folder; pass --overwrite or choose another --out."
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp creates 0700; results are for sharing
     try:
-        (staging / "results.json").write_text(
-            json.dumps(_clean(results), indent=2, default=_json_default), encoding="utf-8"
-        )
-        (staging / "report.md").write_text(render_report(results), encoding="utf-8")
+        (staging / "results.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+        (staging / "report.md").write_text(render_report(result), encoding="utf-8")
+        if result.records is not None:
+            result.records.save(staging / "records.npz")
         if plots:
             from .plots import plot_per_layer
 
-            plot_per_layer(results, staging)
+            plot_per_layer(result, staging)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
@@ -278,53 +257,14 @@ def write_outputs(
     return out_dir
 
 
-__all__ = ["DEUTCH", "PAPER", "render_report", "render_task_table", "write_outputs"]
-
-
-def render_task_table(results_by_task: dict[str, dict[str, Any]]) -> str:
-    """One markdown table over tasks: our numbers with the paper's (1.3B / 2.7B) and Deutch et al.'s beside them."""
-    tasks = [t for t in ("sst2", "sst5", "mr", "subj", "agnews", "cb") if t in results_by_task] + [
-        t for t in results_by_task if t not in PAPER["simaou"]
-    ]
-    header = "| metric | " + " | ".join(tasks) + " |"
-    lines = [header, "|---|" + "---|" * len(tasks)]
-
-    def row(name, ours, paper_key=None, deutch_key=None, digits=3):
-        cells = []
-        for task in tasks:
-            value = ours(results_by_task[task])
-            cell = _fmt(value, digits)
-            extra = []
-            if paper_key and task in PAPER.get(paper_key, {}):
-                p = PAPER[paper_key][task]
-                extra.append(f"{_fmt(p[0], digits)}/{_fmt(p[1], digits)}")
-            if deutch_key and task in DEUTCH.get(deutch_key, {}):
-                extra.append(f"D {_fmt(DEUTCH[deutch_key][task], digits)}")
-            cells.append(cell + (f" ({'; '.join(extra)})" if extra else ""))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-
-    controls = lambda r, name, path: _get(r.get("controls", {}).get(name, {}), path)  # noqa: E731
-    row("ZSL acc", lambda r: r["accuracy"]["zsl"], "accuracy_zsl", digits=1)
-    row("FT acc", lambda r: r["accuracy"]["ft"], "accuracy_ft", digits=1)
-    row("ICL acc", lambda r: r["accuracy"]["icl"], "accuracy_icl", digits=1)
-    row("Rec2FTP", lambda r: r["rec2ftp"], "rec2ftp", digits=1)
-    row("SimAOU (ΔFT)", lambda r: r["simaou"]["mean"], "simaou", "simaou_gd")
-    row("SimAOU Uniform null", lambda r: r["simaou"]["random_mean"], "simaou_random")
-    row("SimAOU Gaussian null", lambda r: r["simaou"]["gaussian_mean"])
-    row("SimAOU shuffled null", lambda r: r["simaou"]["shuffled_mean"])
-    row("SimAOU LCGD", lambda r: controls(r, "lcgd", "simaou.mean"), None, "simaou_lcgd")
-    row("SimAOU random-label FT", lambda r: controls(r, "random_label", "simaou.mean"))
-    row("SimAOU untrained model", lambda r: controls(r, "untrained", "simaou.mean"), None, "simaou_untrained")
-    row("SimAM before FT", lambda r: r["simam"]["before_ft"], "simam_before")
-    row("SimAM after FT", lambda r: r["simam"]["after_ft"], "simam_after")
-    row("ΔSimAM", lambda r: r["simam"]["delta"], None, "delta_simam_gd")
-    row("ΔSimAM LCGD", lambda r: controls(r, "lcgd", "delta_simam.mean"), None, "delta_simam_lcgd")
-    row("ΔSimAM untrained", lambda r: controls(r, "untrained", "simam.delta"), None, "delta_simam_untrained")
-    row("Kendall (ICL, FT)", lambda r: r["kendall"]["mean"], "kendall")
-    row("Kendall (ICL, random)", lambda r: r["kendall"]["random_mean"], "kendall_random")
-    row("Kendall pre-rotary", lambda r: r["kendall"].get("pre_rotary_mean"))
-    row("Kendall untrained", lambda r: controls(r, "untrained", "kendall.mean"))
-    row("ICL acc untrained", lambda r: controls(r, "untrained", "accuracy.icl"), digits=1)
-    row("cos(ΔW_ICL, ΔW_FT)", lambda r: _get(r, "weight_space.mean"))
-    row("cos(ΔW) untrained", lambda r: controls(r, "untrained", "weight_space.mean"))
-    return "\n".join(lines)
+__all__ = [
+    "CONTROL_COLUMNS",
+    "DEUTCH",
+    "PAPER",
+    "ROWS",
+    "Row",
+    "cell",
+    "render_report",
+    "render_task_table",
+    "write_outputs",
+]

@@ -12,8 +12,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         "publish",
         help="Upload a checkpoint folder (model_cards/<name>) to the Hugging Face Hub as one commit.",
         description=(
-            "Create the repository if needed and upload the folder as a single atomic commit, retrying interrupted "
-            "uploads. Honours HF_ENDPOINT and HF_TOKEN (the token is never printed)."
+            "Create the repository if needed and upload the folder as a single atomic commit, retrying every Hub call "
+            "on connection errors. Honours HF_ENDPOINT and HF_TOKEN (the token is never printed)."
         ),
     )
     parser.add_argument("folder", help="checkpoint folder, e.g. model_cards/momentum-gpt-1.4M-1.6M")
@@ -21,7 +21,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--private", action="store_true", help="create the repository private")
     parser.add_argument("--revision", default=None, help="branch to commit to (created from main if missing)")
     parser.add_argument("--commit-message", default=None)
-    parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded; no network")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the folder (files, safetensors headers, JSON) and list what would be uploaded; no network",
+    )
     parser.add_argument(
         "--token",
         default=None,
@@ -32,12 +36,17 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="Hub URL (default: the HF_ENDPOINT environment variable, else huggingface.co)",
     )
-    parser.add_argument("--max-attempts", type=int, default=4)
+    parser.add_argument(
+        "--max-attempts",
+        type=int,
+        default=4,
+        help="attempts per Hub call on connection errors, timeouts and 5xx answers (backoff 2 s, 4 s, ...)",
+    )
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .publish import PublishError, publish
+    from .publish import CheckpointFolderError, PublishError, publish
 
     try:
         result = publish(
@@ -52,9 +61,9 @@ def _run(args: argparse.Namespace) -> int:
             # Read HF_ENDPOINT now rather than relying on huggingface_hub's import-time copy of it.
             endpoint=args.endpoint or os.environ.get("HF_ENDPOINT") or None,
         )
-    except PublishError as error:
+    except PublishError as error:  # one line; 2 for a folder or repo id to fix, 1 for the Hub or the network
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(error, CheckpointFolderError) else 1
     verb = "Would upload" if result.dry_run else "Uploaded"
     print(
         f"{verb} {len(result.files)} files ({result.total_bytes / 1e6:.2f} MB) to {result.repo_id}@{result.revision}:"

@@ -1,79 +1,60 @@
-"""Model cards for pretrained checkpoints: loss curves, seed tables and the Hub YAML, from training summaries."""
+"""Model cards for pretrained checkpoints: `huggingface_hub.ModelCard.from_template` over a Jinja template.
+
+Every statement of a card comes from the runs' own training summaries (what :func:`~.recipe.pretrain` returns and
+writes to ``training_summary.json``) and from the arguments of :func:`render_card`: the corpus, the hardware and
+the numbers from the summaries, the links from the repository ids passed in. Intervals are 95% Student-t
+intervals over model seeds (``scipy.stats.ttest_1samp`` per arm; ``ttest_rel`` for the momentum - vanilla
+difference, paired by seed on the same data and tokenizer).
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+#: The Jinja template of the card (``ModelCard.from_template``); pass another to :func:`render_card` to restyle.
+TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
+ARM_LABELS = {"momentum": "MomentumGPT (eta = {eta:g})", "vanilla": "Vanilla (eta = 0)"}
+#: Compute-optimal training sees about 20 tokens per parameter (Hoffmann et al. 2022).
+COMPUTE_OPTIMAL_TOKENS_PER_PARAMETER = 20
+
+Summary = Mapping[str, Any]
 
 
-def plot_loss_curves(runs: Mapping[str, Mapping[str, Any]], path: str | Path) -> Path:
-    """Plot training loss and validation loss against tokens seen for each run in ``runs`` (label -> summary)."""
-    import matplotlib
+class Interval(NamedTuple):
+    """Mean of ``n`` values with its 95% Student-t interval (``low``/``high`` are NaN when ``n < 2``)."""
 
-    matplotlib.use("Agg")  # no display here and none needed: the plot goes into the card
-    import matplotlib.pyplot as plt
+    mean: float
+    low: float
+    high: float
+    n: int
 
-    fig, (ax_train, ax_eval) = plt.subplots(1, 2, figsize=(10, 3.8))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    # One colour per eta (so the arms are told apart at a glance), seeds of an arm share it.
-    etas = sorted(
-        {float(summary["model_config"].get("momentum_eta", 0)) for summary in runs.values()}, reverse=True
-    )
-    for label, summary in runs.items():
-        tokens_per_step = summary["tokens_per_step"]
-        history = summary["log_history"]
-        train = [(h["step"] * tokens_per_step / 1e6, h["loss"]) for h in history if "loss" in h]
-        evals = [(h["step"] * tokens_per_step / 1e6, h["eval_loss"]) for h in history if "eval_loss" in h]
-        eta = float(summary["model_config"].get("momentum_eta", 0))
-        color = colors[etas.index(eta) % len(colors)]
-        linestyle = "-" if eta else "--"
-        if train:
-            ax_train.plot(
-                *zip(*train), color=color, linestyle=linestyle, label=label, linewidth=0.8, alpha=0.8
-            )
-        if evals:
-            ax_eval.plot(
-                *zip(*evals), color=color, linestyle=linestyle, marker="o", markersize=3, label=label
-            )
-    for ax, title in ((ax_train, "training loss"), (ax_eval, "validation loss (block length)")):
-        ax.set_xlabel("tokens seen (millions)")
-        ax.set_ylabel("cross-entropy (nats/token)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    if ax_eval.get_legend_handles_labels()[0]:
-        ax_eval.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+    def __str__(self) -> str:
+        if self.n < 2:
+            return f"{self.mean:.2f} (1 seed)"
+        return f"{self.mean:.2f} ± {self.half_width:.2f}"
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return (
-        "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-    )
+def seed_interval(values: Sequence[float], paired_with: Sequence[float] | None = None) -> Interval:
+    """Mean and 95% t-interval of ``values`` over seeds, or of ``values - paired_with`` paired by position."""
+    from scipy import stats
 
-
-# --------------------------------------------------------------------------------------------------------------
-# Checkpoint folders with model cards
-# --------------------------------------------------------------------------------------------------------------
-
-#: Files of a run directory that belong in the published folder (the Trainer's resume state does not).
-CHECKPOINT_FILES = (
-    "config.json",
-    "model.safetensors",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "configuration_momentum_gpt.py",
-    "modeling_momentum_gpt.py",
-)
-HUB_ORGANIZATION = "transformers-momentum"
-PAPER = "Dai et al., 2023, *Why Can GPT Learn In-Context? Language Models Implicitly Perform Gradient Descent as Meta-Optimizers* (ACL Findings), §5"
+    values = [float(v) for v in values]
+    differences = values if paired_with is None else [v - float(w) for v, w in zip(values, paired_with)]
+    mean = sum(differences) / len(differences)
+    if len(differences) < 2:
+        return Interval(mean, math.nan, math.nan, len(differences))
+    if max(differences) == min(differences):  # zero spread: the interval is the point (scipy would warn)
+        return Interval(mean, mean, mean, len(differences))
+    test = stats.ttest_1samp(values, 0.0) if paired_with is None else stats.ttest_rel(values, paired_with)
+    interval = test.confidence_interval(0.95)
+    return Interval(mean, float(interval.low), float(interval.high), len(differences))
 
 
 def human_count(value: int) -> str:
@@ -86,51 +67,75 @@ def human_count(value: int) -> str:
     return str(value)
 
 
-def checkpoint_name(arch: str, summary: Mapping[str, Any]) -> str:
+def checkpoint_name(arch: str, summary: Summary) -> str:
     """``<arch>-<size>-<tokens>``: parameters (tied embeddings once) and training tokens seen."""
     return f"{arch}-{human_count(summary['parameters']['total'])}-{human_count(summary['train_tokens_seen'])}"
 
 
-def _lengths(summary: Mapping[str, Any]) -> list[str]:
+def _seed(summary: Summary) -> int:
+    return int(summary["training_arguments"]["seed"])
+
+
+def _lengths(summary: Summary) -> list[str]:
     return list(summary["validation_perplexity"])
 
 
-def _arm_stats(summaries: list[Mapping[str, Any]]) -> dict[str, tuple[float, float] | None]:
-    from .evaluation import mean_and_t_interval
+def arm_statistics(arms: Mapping[str, Sequence[Summary]]) -> dict[str, dict[str, Interval | None]]:
+    """Per arm and input length: the seed interval of validation perplexity (None if a length was not evaluated)."""
+    statistics: dict[str, dict[str, Interval | None]] = {}
+    for arm, runs in arms.items():
+        statistics[arm] = {}
+        for length in _lengths(runs[0]):
+            values = [run["validation_perplexity"][length] for run in runs]
+            statistics[arm][length] = None if None in values else seed_interval(values)
+    return statistics
 
-    stats: dict[str, tuple[float, float] | None] = {}
-    for length in _lengths(summaries[0]):
-        values = [s["validation_perplexity"][length] for s in summaries]
-        stats[length] = None if any(v is None for v in values) else mean_and_t_interval(values)
-    return stats
 
-
-def _paired_difference(
-    momentum: list[Mapping[str, Any]], vanilla: list[Mapping[str, Any]]
-) -> dict[str, tuple[float, float, int] | None]:
-    """Per-seed (momentum - vanilla) perplexity, mean and t-interval over the seeds both arms have."""
-    from .evaluation import mean_and_t_interval
-
-    by_seed = {s["arguments"]["seed"]: s for s in vanilla}
-    pairs = [(m, by_seed[m["arguments"]["seed"]]) for m in momentum if m["arguments"]["seed"] in by_seed]
-    out: dict[str, tuple[float, float, int] | None] = {}
-    for length in _lengths(momentum[0]):
-        diffs = [
-            m["validation_perplexity"][length] - v["validation_perplexity"][length]
+def paired_difference(arms: Mapping[str, Sequence[Summary]]) -> dict[str, Interval | None]:
+    """Per input length: momentum - vanilla perplexity over the seeds both arms have, paired by seed."""
+    vanilla = {_seed(run): run for run in arms["vanilla"]}
+    pairs = [(run, vanilla[_seed(run)]) for run in arms["momentum"] if _seed(run) in vanilla]
+    differences: dict[str, Interval | None] = {}
+    for length in _lengths(arms["momentum"][0]):
+        kept = [
+            (m["validation_perplexity"][length], v["validation_perplexity"][length])
             for m, v in pairs
-            if m["validation_perplexity"][length] is not None
-            and v["validation_perplexity"][length] is not None
+            if m["validation_perplexity"][length] is not None and v["validation_perplexity"][length] is not None
         ]
-        out[length] = (*mean_and_t_interval(diffs), len(diffs)) if diffs else None
-    return out
+        differences[length] = seed_interval(*zip(*kept)) if kept else None
+    return differences
 
 
-def _per_seed_differences(arms: Mapping[str, list[Mapping[str, Any]]], length: str) -> str:
-    vanilla = {s["arguments"]["seed"]: s["validation_perplexity"][length] for s in arms["vanilla"]}
+def verdict(difference: Interval | None, block_length: str) -> str:
+    """A plain-language reading of the paired momentum - vanilla perplexity difference at ``block_length``."""
+    if difference is None:
+        return "No paired seeds: no verdict."
+    mean, low, high, count = difference
+    if count < 2:
+        return f"Only {count} paired seed: no verdict (momentum - vanilla = {mean:+.2f} perplexity)."
+    interval = f"95% CI of the paired difference {low:+.2f} to {high:+.2f}, {count} seeds"
+    if high < 0:
+        return (
+            f"Momentum helped at this scale: validation perplexity at length {block_length} is lower by "
+            f"{-mean:.2f} ({interval})."
+        )
+    if low > 0:
+        return (
+            f"Momentum hurt at this scale: validation perplexity at length {block_length} is higher by "
+            f"{mean:.2f} ({interval})."
+        )
+    return (
+        f"No significant difference at this scale: momentum - vanilla = {mean:+.2f} perplexity at length "
+        f"{block_length} (95% CI {low:+.2f} to {high:+.2f}, {count} seeds; the interval contains 0)."
+    )
+
+
+def per_seed_differences(arms: Mapping[str, Sequence[Summary]], length: str) -> str:
+    vanilla = {_seed(run): run["validation_perplexity"][length] for run in arms["vanilla"]}
     pairs = sorted(
-        (s["arguments"]["seed"], s["validation_perplexity"][length] - vanilla[s["arguments"]["seed"]])
-        for s in arms["momentum"]
-        if s["arguments"]["seed"] in vanilla
+        (_seed(run), run["validation_perplexity"][length] - vanilla[_seed(run)])
+        for run in arms["momentum"]
+        if _seed(run) in vanilla
     )
     if not pairs:
         return ""
@@ -139,458 +144,307 @@ def _per_seed_differences(arms: Mapping[str, list[Mapping[str, Any]]], length: s
     return f"Per seed, momentum - vanilla = {listed}: momentum is lower in {lower} of {len(pairs)} seeds."
 
 
-def _stat(stat: tuple[float, float] | None) -> str:
-    return "n/a (beyond the position table)" if stat is None else f"{stat[0]:.2f} ± {stat[1]:.2f}"
+def _ppl(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
-def verdict(difference: Mapping[str, tuple[float, float, int] | None], block_length: str) -> str:
-    """A plain-language reading of the paired momentum-minus-vanilla perplexity difference."""
-    item = difference.get(block_length)
-    if item is None:
-        return "No paired seeds: no verdict."
-    mean, half, count = item
-    if count < 2:
-        return f"Only {count} paired seed: no verdict (momentum - vanilla = {mean:+.2f} perplexity)."
-    if mean + half < 0:
-        return (
-            f"Momentum helped at this scale: validation perplexity at length {block_length} is lower by "
-            f"{-mean:.2f} (95% CI of the paired difference {mean - half:+.2f} to {mean + half:+.2f}, {count} seeds)."
-        )
-    if mean - half > 0:
-        return (
-            f"Momentum hurt at this scale: validation perplexity at length {block_length} is higher by {mean:.2f} "
-            f"(95% CI of the paired difference {mean - half:+.2f} to {mean + half:+.2f}, {count} seeds)."
-        )
-    return (
-        f"No significant difference at this scale: momentum - vanilla = {mean:+.2f} perplexity at length "
-        f"{block_length} (95% CI {mean - half:+.2f} to {mean + half:+.2f}, {count} seeds; the interval contains 0)."
-    )
+def _number(value: float) -> str:
+    """1e-07 -> '1e-7', 0.002 -> '0.002'."""
+    return f"{value:g}".replace("e-0", "e-").replace("e+0", "e+")
 
 
-def _training_table(summary: Mapping[str, Any], arms: Mapping[str, list[Mapping[str, Any]]]) -> str:
-    args, config = summary["arguments"], summary["model_config"]
-    wall = [s["train_seconds"] for runs in arms.values() for s in runs]
-    env = summary["environment"]
-    rows = [
-        (
-            "Architecture",
-            "GPT-2-style pre-LN decoder, learned absolute positions, tied embeddings (MomentumGPT)",
-        ),
-        (
-            "d_model / FFN / heads / layers",
-            f"{config['hidden_size']} / {config['intermediate_size']} / "
-            f"{config['num_attention_heads']} / {config['num_hidden_layers']}",
-        ),
-        (
-            "Parameters",
-            f"{summary['parameters']['total']:,} ({summary['parameters']['non_embedding']:,} non-embedding)",
-        ),
-        (
-            "Vocabulary",
-            f"{config['vocab_size']:,} (byte-level BPE trained on the first "
-            f"{args['tokenizer_train_chars']:,} characters of the train split)",
-        ),
-        (
-            "Sequence length",
-            f"{args['block_size']} (packed blocks; documents separated by the end-of-text token, id 0)",
-        ),
-        (
-            "Batch",
-            f"{args['per_device_train_batch_size'] * args['gradient_accumulation_steps'] * summary['world_size']} "
-            f"sequences = {summary['tokens_per_step']:,} tokens",
-        ),
-        (
-            "Optimizer",
-            f"AdamW, betas ({args['adam_beta1']}, {args['adam_beta2']}), eps {args['adam_epsilon']}, "
-            f"weight decay {args['weight_decay']}",
-        ),
-        ("Peak learning rate", f"{args['learning_rate']}"),
-        (
-            "Schedule",
-            f"{args['lr_scheduler_type']} decay (power 1, to 1e-7) after "
-            f"{summary.get('warmup_steps', max(1, round(args['warmup_ratio'] * args['max_steps'])))} "
-            f"warm-up steps",
-        ),
-        (
-            "Total steps / tokens",
-            f"{summary['global_step']:,} / {summary['train_tokens_seen']:,} "
-            f"(of {summary['train_tokens_available']:,} distinct training tokens: less than one epoch)",
-        ),
-        ("Gradient clipping", f"{args['max_grad_norm']}"),
-        ("Dropout", f"{args['dropout']}"),
-        (
-            "Momentum eta",
-            f"{config['momentum_eta']}" + (" (learnable)" if config.get("learnable_eta") else " (fixed)"),
-        ),
-        (
-            "Hardware",
-            f"1 CPU thread ({env['device']}), torch {env['torch']}, transformers {env['transformers']}",
-        ),
-        (
-            "Wall time per run",
-            f"{min(wall):.0f}-{max(wall):.0f} s of training on 1 thread; the spread is other jobs' load on a shared "
-            f"2-core machine (fastest run: {summary['train_tokens_seen'] / min(wall):,.0f} tokens/s)",
-        ),
-    ]
-    return "| Setting | Value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+def _remote_code_requirement() -> str | None:
+    """The transformers floor of this package's metadata (the remote code uses the same v5 internals)."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    from packaging.requirements import Requirement
+
+    try:
+        requirements = [Requirement(line) for line in requires("transformers-momentum") or []]
+    except PackageNotFoundError:
+        return None
+    for requirement in requirements:
+        floors = [spec.version for spec in requirement.specifier if spec.operator == ">="]
+        if requirement.name == "transformers" and floors:
+            return f"transformers >= {floors[0]}"
+    return None
+
+
+def _schedule(training: Mapping[str, Any], warmup_steps: int) -> str:
+    name = str(training["lr_scheduler_type"]).removeprefix("SchedulerType.").lower()
+    if name == "polynomial":  # transformers' defaults of get_polynomial_decay_schedule_with_warmup
+        options = training.get("lr_scheduler_kwargs") or {}
+        name = f"polynomial decay (power {_number(options.get('power', 1.0))}, to {_number(options.get('lr_end', 1e-7))})"
+    return f"{name} after {warmup_steps:,} warm-up step{'s' if warmup_steps != 1 else ''}"
+
+
+def _hardware(env: Mapping[str, Any]) -> str:
+    processes, threads = env.get("processes", 1), env.get("torch_threads")
+    where = env.get("device_name") or env["device"]
+    text = f"{processes} process{'es' if processes > 1 else ''}"
+    if threads:
+        text += f" x {threads} torch thread{'s' if threads > 1 else ''}"
+    text += f" on {where}"
+    if env.get("cpu_count"):
+        text += f" ({env['cpu_count']}-core machine)"
+    return f"{text}; torch {env['torch']}, transformers {env['transformers']}"
+
+
+def _wall_time(runs: Sequence[Summary], tokens_seen: int) -> str:
+    wall = [run["train_seconds"] for run in runs]
+    text = f"{min(wall):.0f}-{max(wall):.0f} s of training (fastest run: {tokens_seen / min(wall):,.0f} tokens/s)"
+    cpu = [run.get("train_cpu_seconds") for run in runs]
+    if None not in cpu:
+        text += f", {min(cpu):.0f}-{max(cpu):.0f} s of CPU time"
+    if max(wall) > 1.2 * min(wall):
+        text += "; every run does the same computation, so the spread is the load of other processes on the machine"
+    return text
 
 
 def render_card(
+    arms: Mapping[str, Sequence[Summary]],
     *,
-    name: str,
-    twin_name: str,
-    arms: Mapping[str, list[Mapping[str, Any]]],
     own_arm: str,
-    sweep: Mapping[float, Mapping[str, Any]],
-    dataset_description: str,
-    license: str,
-    command: str,
+    repo_id: str,
+    twin_repo_id: str,
+    sweep: Mapping[float, Summary] | None = None,
+    license: str = "apache-2.0",
+    command: str | None = None,
     icl_results: Mapping[str, Any] | None = None,
+    published_seed: int = 0,
+    hub_url: str = "https://huggingface.co",
+    template_path: str | Path = TEMPLATE,
 ):
-    """The `huggingface_hub.ModelCard` of one arm's published checkpoint (seed 0 of that arm)."""
+    """The `huggingface_hub.ModelCard` of one arm's published checkpoint.
+
+    Args:
+        arms: ``{"momentum": [summary, ...], "vanilla": [summary, ...]}``, one training summary per seed; the two
+            arms share data, tokenizer, size, token count and schedule, and differ in ``momentum_eta`` only.
+        own_arm: ``"momentum"`` or ``"vanilla"``: whose weights this card's repository holds.
+        repo_id / twin_repo_id: the Hub ids of this checkpoint and of its twin (the card's code and links use them).
+        sweep: ``{eta: summary}`` of the eta sweep (seed 0), if one was run.
+        command: how the checkpoints were produced, shown under "Reproduce with".
+        icl_results: an ICL accuracy table ``{"description", "tasks", "arms": {column: {task: cell}}, "baselines"}``.
+        published_seed: the seed whose weights are published.
+        hub_url: where ``<twin_repo_id>`` resolves for the link.
+    """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    published = next(s for s in arms[own_arm] if s["arguments"]["seed"] == 0)
+    published = next(run for run in arms[own_arm] if _seed(run) == published_seed)
+    data, training, config = published["data_arguments"], published["training_arguments"], published["model_config"]
+    name = repo_id.split("/")[-1]
     lengths = _lengths(published)
-    block = str(published["arguments"]["block_size"])
-    stats = {arm: _arm_stats(runs) for arm, runs in arms.items()}
-    difference = _paired_difference(arms["momentum"], arms["vanilla"])
-    eta = published["model_config"]["momentum_eta"]
-    repo = f"{HUB_ORGANIZATION}/{name}"
-    twin_repo = f"{HUB_ORGANIZATION}/{twin_name}"
-    eval_results = [
-        EvalResult(
-            task_type="text-generation",
-            task_name="Language modeling",
-            dataset_type=dataset_description,
-            dataset_name=f"{dataset_description} (held-out validation split)",
-            dataset_split="validation",
-            metric_type="perplexity",
-            metric_name=f"Perplexity (input length {length})",
-            metric_value=round(published["validation_perplexity"][length], 3),
-        )
-        for length in lengths
-        if published["validation_perplexity"][length] is not None
-    ]
-    data = ModelCardData(
-        language="en",
+    block = str(data["block_size"])
+    dataset_name = data.get("dataset_name") or Path(data["train_files"][0]).resolve().parent.name
+    statistics = arm_statistics(arms)
+    difference = paired_difference(arms)
+    all_runs = [run for runs in arms.values() for run in runs]
+    eta = float(config["momentum_eta"])
+    momentum_eta = float(arms["momentum"][0]["model_config"]["momentum_eta"])
+    labels = {arm: label.format(eta=momentum_eta) for arm, label in ARM_LABELS.items()}
+    parameters, tokens_seen = published["parameters"], published["train_tokens_seen"]
+
+    card_data = ModelCardData(
+        language=data.get("language"),
         license=license,
         library_name="transformers",
         pipeline_tag="text-generation",
         tags=["momentum-attention", "momentum_gpt", "transformers-momentum", "custom_code", "text-generation"]
         + (["baseline"] if own_arm == "vanilla" else []),
-        datasets=[dataset_description],
+        datasets=[dataset_name],
         model_name=name,
-        eval_results=eval_results,
-        twin_model=twin_repo,
-    )
-
-    arm_label = {
-        "momentum": f"MomentumGPT (eta = {arms['momentum'][0]['model_config']['momentum_eta']})",
-        "vanilla": "Vanilla (eta = 0)",
-    }
-    header = "| Model | seeds | " + " | ".join(f"Valid {length}" for length in lengths) + " |"
-    rule = "|---|---|" + "---|" * len(lengths)
-    result_rows = [
-        f"| {arm_label[arm]} | {len(runs)} | "
-        + " | ".join(_stat(stats[arm][length]) for length in lengths)
-        + " |"
-        for arm, runs in arms.items()
-    ]
-    diff_row = (
-        "| momentum - vanilla (paired by seed) | "
-        + str(max((d[2] for d in difference.values() if d), default=0))
-        + " | "
-        + " | ".join(
-            "n/a"
-            if difference[length] is None
-            else f"{difference[length][0]:+.2f} ± {difference[length][1]:.2f}"
-            for length in lengths
-        )
-        + " |"
-    )
-
-    seed_rows = []
-    for arm, runs in arms.items():
-        for s in sorted(runs, key=lambda r: r["arguments"]["seed"]):
-            ppl = " | ".join(_fmt(s["validation_perplexity"][length]) for length in lengths)
-            seed_rows.append(
-                f"| {arm_label[arm]} | {s['arguments']['seed']} | {ppl} | {s['final_train_loss']:.3f} | "
-                f"{s['train_seconds']:.0f} |"
+        eval_results=[
+            EvalResult(
+                task_type="text-generation",
+                task_name="Language modeling",
+                dataset_type=dataset_name,
+                dataset_name=f"{dataset_name} (held-out validation split)",
+                dataset_split="validation",
+                metric_type="perplexity",
+                metric_name=f"Perplexity (input length {length})",
+                metric_value=round(published["validation_perplexity"][length], 3),
             )
-    seed_table = (
-        "| Arm | Seed | "
-        + " | ".join(f"PPL {length}" for length in lengths)
-        + " | mean train loss | train s |\n"
-        "|---|---|" + "---|" * len(lengths) + "---|---|\n" + "\n".join(seed_rows)
+            for length in lengths
+            if published["validation_perplexity"][length] is not None
+        ],
+        twin_model=twin_repo_id,
     )
-    sweep_table = (
-        "| eta | "
-        + " | ".join(f"PPL {length}" for length in lengths)
-        + " |\n|---|"
-        + "---|" * len(lengths)
-        + "\n"
-        + "\n".join(
-            f"| {sweep_eta:g} | "
-            + " | ".join(_fmt(s["validation_perplexity"][length]) for length in lengths)
-            + " |"
-            for sweep_eta, s in sorted(sweep.items())
-        )
-    )
-    icl_section = _icl_section(icl_results)
-    own = (
-        "This is the **momentum** arm"
-        if own_arm == "momentum"
-        else "This is the **vanilla baseline** arm (eta = 0)"
-    )
-    body = f"""
-# {name}
-
-A tiny GPT-2-style causal language model pretrained from scratch on Project Gutenberg books, with
-**momentum attention** on the value vectors ({PAPER}):
-
-    MoAttn(V, K, q_t) = softmax-attention_t + sum_{{i<t}} eta^(t-i) v_i      (per head, eta = {eta})
-
-{own}. Its matched twin [`{twin_repo}`](https://huggingface.co/{twin_repo}) has the same data, tokenizer, size,
-token count, schedule and seed{"s" if len(arms["vanilla"]) > 1 else ""}, and differs only in eta. The weights here
-are seed 0 of this arm; the tables report all seeds of both arms.
-
-**Result.** {verdict(difference, block)} {_per_seed_differences(arms, block)}
-
-## Install and use
-
-```bash
-pip install transformers-momentum        # or, from a clone of the repository: pip install -e .
-```
-
-```python
-import transformers_momentum  # registers MomentumGPT with the Auto classes
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-model = AutoModelForCausalLM.from_pretrained("{repo}")   # or a local folder: "model_cards/{name}"
-tokenizer = AutoTokenizer.from_pretrained("{repo}")
-inputs = tokenizer("It was a dark and stormy night", return_tensors="pt")
-print(tokenizer.decode(model.generate(**inputs, max_new_tokens=40)[0]))
-```
-
-Without the plugin installed, the modeling code shipped in this repository loads with
-`AutoModelForCausalLM.from_pretrained("{repo}", trust_remote_code=True)` (read `modeling_momentum_gpt.py` first).
-
-## Results
-
-Validation perplexity (lower is better), mean ± 95% t-interval over seeds, in the shape of the paper's Table 6.
-Each input length scores the same {published["validation_tokens"]:,} held-out tokens cut into non-overlapping
-windows; a length beyond the {block}-position table is not evaluated.
-
-{header}
-{rule}
-{chr(10).join(result_rows)}
-{diff_row}
-
-For scale: the paper's 350M-parameter models trained on ~2.6e11 tokens reached 15.14 (vanilla) vs 15.02 (momentum)
-at length 1024. These models have {human_count(published["parameters"]["total"])} parameters and saw
-{human_count(published["train_tokens_seen"])} tokens, so absolute perplexities are not comparable.
-
-### Seeds
-
-{seed_table}
-
-### eta sweep (seed 0, chosen by validation perplexity at length {block}; eta = 0 is the baseline)
-
-{sweep_table}
-
-{icl_section}
-### Loss curves
-
-![loss curves of all seeds of both arms](loss_curve.png)
-
-Solid lines: momentum; dashed: vanilla.
-
-## Training details
-
-Data: `{dataset_description}` -- public-domain Project Gutenberg books (front and back matter stripped).
-Training text is the first {published["arguments"]["max_train_chars"]:,} characters of the train split; validation
-is the first {published["arguments"]["max_validation_chars"]:,} characters of the separate validation split (different books).
-
-{_training_table(published, arms)}
-
-Reproduce with:
-
-```bash
-{command}
-```
-
-## Intended use
-
-Research on momentum attention and in-context learning at small scale: a matched pair for ablations, tests and
-demos of the `transformers-momentum` plugin (e.g. the ICL-vs-finetuning analyzer), and a template for pretraining
-larger pairs with the same recipe (`transformers-momentum pretrain`).
-
-## Limitations
-
-- Tiny: {human_count(published["parameters"]["total"])} parameters and {human_count(published["train_tokens_seen"])}
-  training tokens, far below compute-optimal. Its samples are Gutenberg-flavoured fragments with little coherence, not facts;
-  it is not an assistant, and it is not suitable for any downstream or user-facing application.
-- English public-domain fiction and essays only (Gutenberg), with the biases and dated language of those books.
-- Differences between the arms at this scale say little about 350M+ models; the paper's own effect was 0.1-0.2
-  perplexity.
-- Validation uses a slice of held-out books, not a standard benchmark.
-"""
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+    context = {
+        "name": name,
+        "repo_id": repo_id,
+        "twin_repo_id": twin_repo_id,
+        "hub_url": hub_url.rstrip("/"),
+        "own_arm": own_arm,
+        "eta": eta,
+        "published_seed": published_seed,
+        "several_seeds": len(arms["vanilla"]) > 1,
+        "corpus": data.get("dataset_description") or f"`{dataset_name}`",
+        "dataset_name": dataset_name,
+        "dataset_description": data.get("dataset_description"),
+        "train_files": ", ".join(f"`{Path(f).name}`" for f in data["train_files"]),
+        "validation_files": ", ".join(f"`{Path(f).name}`" for f in data["validation_files"]),
+        "max_train_chars": data.get("max_train_chars"),
+        "max_validation_chars": data.get("max_validation_chars"),
+        "size": human_count(parameters["total"]),
+        "tokens": human_count(tokens_seen),
+        "below_compute_optimal": tokens_seen < COMPUTE_OPTIMAL_TOKENS_PER_PARAMETER * parameters["total"],
+        "tokens_per_parameter": COMPUTE_OPTIMAL_TOKENS_PER_PARAMETER,
+        "remote_code_requirement": _remote_code_requirement(),
+        "verdict": verdict(difference.get(block), block),
+        "per_seed": per_seed_differences(arms, block),
+        "lengths": lengths,
+        "block": block,
+        "validation_tokens": published["validation_tokens"],
+        "result_rows": [
+            (
+                labels[arm],
+                len(runs),
+                ["n/a (beyond the position table)" if s is None else str(s) for s in statistics[arm].values()],
+            )
+            for arm, runs in arms.items()
+        ],
+        "difference_row": (
+            max((d.n for d in difference.values() if d), default=0),
+            ["n/a" if d is None else f"{d.mean:+.2f} ± {d.half_width:.2f}" for d in difference.values()],
+        ),
+        "seed_rows": [
+            (
+                labels[arm],
+                _seed(run),
+                [_ppl(run["validation_perplexity"][length]) for length in lengths],
+                f"{run['final_train_loss']:.3f}",
+                f"{run['train_seconds']:.0f}",
+            )
+            for arm, runs in arms.items()
+            for run in sorted(runs, key=_seed)
+        ],
+        "sweep_rows": [
+            (f"{sweep_eta:g}", [_ppl(run["validation_perplexity"][length]) for length in lengths])
+            for sweep_eta, run in sorted((sweep or {}).items())
+        ],
+        "icl": icl_results,
+        "training_rows": [
+            ("Architecture", "GPT-2-style pre-LN decoder, learned absolute positions, tied embeddings (MomentumGPT)"),
+            (
+                "d_model / FFN / heads / layers",
+                f"{config['hidden_size']} / {config['intermediate_size']} / "
+                f"{config['num_attention_heads']} / {config['num_hidden_layers']}",
+            ),
+            ("Parameters", f"{parameters['total']:,} ({parameters['non_embedding']:,} non-embedding)"),
+            (
+                "Vocabulary",
+                f"{config['vocab_size']:,} (byte-level BPE trained on the first "
+                f"{data['tokenizer_train_chars']:,} characters of the training files)",
+            ),
+            (
+                "Sequence length",
+                f"{block} (packed blocks; documents separated by the end-of-text token, id {config['eos_token_id']})",
+            ),
+            (
+                "Batch",
+                f"{published['tokens_per_step'] // int(block):,} sequences = {published['tokens_per_step']:,} tokens",
+            ),
+            (
+                "Optimizer",
+                f"`{str(training['optim']).removeprefix('OptimizerNames.').lower()}`, betas "
+                f"({training['adam_beta1']}, {training['adam_beta2']}), eps {training['adam_epsilon']}, "
+                f"weight decay {training['weight_decay']}",
+            ),
+            ("Peak learning rate", f"{training['learning_rate']}"),
+            ("Schedule", _schedule(training, published["warmup_steps"])),
+            (
+                "Total steps / tokens",
+                f"{published['global_step']:,} / {tokens_seen:,} (of {published['train_tokens_available']:,} "
+                "distinct training tokens: "
+                + (
+                    "less than one epoch)"
+                    if tokens_seen < published["train_tokens_available"]
+                    else f"{tokens_seen / published['train_tokens_available']:.1f} epochs)"
+                ),
+            ),
+            ("Gradient clipping", f"{training['max_grad_norm']}"),
+            ("Dropout", f"{published['model_arguments']['dropout']}"),
+            ("Momentum eta", f"{config['momentum_eta']}" + (" (learnable)" if config.get("learnable_eta") else " (fixed)")),
+            ("Hardware", _hardware(published["environment"])),
+            ("Wall time per run", _wall_time(all_runs, tokens_seen)),
+        ],
+        "command": command,
+    }
+    return ModelCard.from_template(card_data, template_path=str(template_path), **context)
 
 
-def _icl_section(icl_results: Mapping[str, Any] | None) -> str:
-    if not icl_results:
-        return ""
-    arms = list(icl_results["arms"])
-    lines = [
-        "### In-context learning accuracy",
-        "",
-        icl_results.get("description", ""),
-        "",
-        "| Task | chance / majority | " + " | ".join(arms) + " |",
-        "|---|---|" + "---|" * len(arms),
-    ]
-    for task in icl_results["tasks"]:
-        cells = [icl_results["arms"][arm].get(task, "n/a") for arm in arms]
-        lines.append(f"| {task} | {icl_results['baselines'].get(task, 'n/a')} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-ICL_FILE = "icl_accuracy.json"
-
-
-def aggregate_icl(arms: Mapping[str, list[Mapping[str, Any]]], runs_dir: Path) -> dict[str, Any] | None:
-    """Collect ``icl_accuracy.json`` of every run into the card's ICL table (mean ± t-interval over model seeds)."""
-    import json
-
-    from .evaluation import mean_and_t_interval
-
-    per_arm: dict[str, dict[str, list[dict]]] = {}
-    for arm, runs in arms.items():
-        for summary in runs:
-            path = Path(summary["arguments"]["output_dir"]).name
-            file = runs_dir / path / ICL_FILE
-            if not file.is_file():
-                continue
-            for task, result in json.loads(file.read_text()).items():
-                per_arm.setdefault(arm, {}).setdefault(task, []).append(result)
-    if not per_arm:
-        return None
-    tasks = sorted({task for results in per_arm.values() for task in results})
-    table: dict[str, dict[str, str]] = {}
-    baselines: dict[str, str] = {}
-    example = None
-    for arm, results in per_arm.items():
-        for mode in ("zero_shot", "icl_mean"):
-            label = f"{arm} {'0-shot' if mode == 'zero_shot' else 'ICL'}"
-            for task in tasks:
-                values = [100 * r[mode] for r in results.get(task, [])]
-                if values:
-                    mean, half = mean_and_t_interval(values)
-                    table.setdefault(label, {})[task] = f"{mean:.1f} ± {half:.1f}"
-        for task, rows in results.items():
-            example = rows[0]
-            baselines[task] = f"{100 * rows[0]['chance']:.0f} / {100 * rows[0]['majority_class']:.0f}"
-    description = (
-        f"Accuracy (%) on the first {example['n_eval']} shuffled evaluation examples of the analyzer's tasks, "
-        f"with k = {example['k']} demonstrations (one fixed draw per demo seed, {len(example['icl_per_seed'])} "
-        "demo seeds), mean ± 95% t-interval over the model seeds. Scoring: highest summed log-probability of the "
-        "label tokens (`transformers_momentum.pretraining.icl_eval`). At this size both arms are expected near "
-        "chance or majority class; the numbers are a sanity check, not evidence of ICL ability."
-    )
-    return {"description": description, "tasks": tasks, "arms": table, "baselines": baselines}
-
-
-def build_checkpoint_folders(
+def results_record(
+    arms: Mapping[str, Sequence[Summary]],
     *,
-    runs_dir: str | Path,
-    momentum_eta: float,
-    sweep_etas: list[float],
-    seeds: int,
-    cards_dir: str | Path,
-    dataset_description: str,
-    license: str = "apache-2.0",
-    command: str = "",
+    own_arm: str,
+    name: str,
+    twin_name: str,
+    sweep: Mapping[float, Summary] | None = None,
     icl_results: Mapping[str, Any] | None = None,
-) -> list[Path]:
-    """Write ``<cards_dir>/momentum-gpt-<size>-<tokens>/`` and its ``vanilla-gpt-...`` twin from finished runs.
+    published_seed: int = 0,
+) -> dict[str, Any]:
+    """The per-seed numbers behind a card (``results.json`` of a checkpoint folder)."""
 
-    Each folder holds exactly what its Hub repository holds: the card, the seed-0 checkpoint of its arm (config with
-    ``auto_map``, safetensors, tokenizer, generation config, modeling code), ``loss_curve.png`` and ``results.json``.
-    """
-    import json
-    import shutil
+    def interval(value: Interval | None, with_count: bool = False) -> list | None:
+        if value is None:
+            return None
+        return [value.mean, value.half_width, value.n] if with_count else [value.mean, value.half_width]
 
-    from .recipe import SUMMARY_FILE
-
-    runs_dir, cards_dir = Path(runs_dir), Path(cards_dir)
-
-    def load(eta: float, seed: int) -> dict | None:
-        path = runs_dir / f"eta{eta:g}-seed{seed}" / SUMMARY_FILE
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    arms = {
-        "momentum": [s for seed in range(seeds) if (s := load(momentum_eta, seed))],
-        "vanilla": [s for seed in range(seeds) if (s := load(0.0, seed))],
+    published = next(run for run in arms[own_arm] if _seed(run) == published_seed)
+    return {
+        "name": name,
+        "twin": twin_name,
+        "published_seed": published_seed,
+        "validation_perplexity": {
+            arm: {str(_seed(run)): run["validation_perplexity"] for run in runs} for arm, runs in arms.items()
+        },
+        "summary_statistics": {
+            arm: {length: interval(value) for length, value in lengths.items()}
+            for arm, lengths in arm_statistics(arms).items()
+        },
+        "paired_difference": {
+            length: interval(value, with_count=True) for length, value in paired_difference(arms).items()
+        },
+        "sweep": {f"{eta:g}": run["validation_perplexity"] for eta, run in sorted((sweep or {}).items())},
+        "train_seconds": {arm: {str(_seed(run)): run["train_seconds"] for run in runs} for arm, runs in arms.items()},
+        "parameters": published["parameters"],
+        "train_tokens_seen": published["train_tokens_seen"],
+        "icl": icl_results,
     }
-    for arm, runs in arms.items():
-        if not any(s["arguments"]["seed"] == 0 for s in runs):
-            raise FileNotFoundError(f"No finished seed-0 run for the {arm} arm under {runs_dir}.")
-    sweep = {eta: s for eta in [0.0, *sweep_etas] if (s := load(eta, 0))}
-    if icl_results is None:
-        icl_results = aggregate_icl(arms, runs_dir)
-    names = {
-        "momentum": checkpoint_name("momentum-gpt", arms["momentum"][0]),
-        "vanilla": checkpoint_name("vanilla-gpt", arms["vanilla"][0]),
-    }
-    labels = {
-        f"{'momentum' if arm == 'momentum' else 'vanilla'} seed {s['arguments']['seed']}": s
-        for arm, runs in arms.items()
-        for s in runs
-    }
-    folders = []
-    for arm, name in names.items():
-        twin = names["vanilla" if arm == "momentum" else "momentum"]
-        folder = cards_dir / name
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        source = runs_dir / f"eta{(momentum_eta if arm == 'momentum' else 0.0):g}-seed0"
-        for file_name in CHECKPOINT_FILES:
-            if (source / file_name).is_file():
-                shutil.copyfile(source / file_name, folder / file_name)
-        plot_loss_curves(labels, folder / "loss_curve.png")
-        card = render_card(
-            name=name,
-            twin_name=twin,
-            arms=arms,
-            own_arm=arm,
-            sweep=sweep,
-            dataset_description=dataset_description,
-            license=license,
-            command=command,
-            icl_results=icl_results,
-        )
-        card.save(str(folder / "README.md"))
-        results = {
-            "name": name,
-            "twin": twin,
-            "published_seed": 0,
-            "validation_perplexity": {
-                a: {str(s["arguments"]["seed"]): s["validation_perplexity"] for s in runs}
-                for a, runs in arms.items()
-            },
-            "summary_statistics": {a: _arm_stats(runs) for a, runs in arms.items()},
-            "paired_difference": _paired_difference(arms["momentum"], arms["vanilla"]),
-            "sweep": {f"{eta:g}": s["validation_perplexity"] for eta, s in sweep.items()},
-            "train_seconds": {
-                a: {str(s["arguments"]["seed"]): s["train_seconds"] for s in runs} for a, runs in arms.items()
-            },
-            "parameters": arms[arm][0]["parameters"],
-            "train_tokens_seen": arms[arm][0]["train_tokens_seen"],
-            "icl": icl_results,
-        }
-        (folder / "results.json").write_text(json.dumps(results, indent=2))
-        folders.append(folder)
-    return folders
+
+
+def plot_loss_curves(runs: Mapping[str, Summary], path: str | Path) -> Path:
+    """Plot training and validation loss against tokens seen for each run in ``runs`` (label -> summary)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display here and none needed: the plot goes into the card
+    import matplotlib.pyplot as plt
+
+    fig, (ax_train, ax_eval) = plt.subplots(1, 2, figsize=(10, 3.8))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    # One colour per eta (so the arms are told apart at a glance), seeds of an arm share it.
+    etas = sorted({float(summary["model_config"].get("momentum_eta", 0)) for summary in runs.values()}, reverse=True)
+    for label, summary in runs.items():
+        tokens_per_step = summary["tokens_per_step"]
+        history = summary["log_history"]
+        train = [(h["step"] * tokens_per_step / 1e6, h["loss"]) for h in history if "loss" in h]
+        evals = [(h["step"] * tokens_per_step / 1e6, h["eval_loss"]) for h in history if "eval_loss" in h]
+        eta = float(summary["model_config"].get("momentum_eta", 0))
+        color = colors[etas.index(eta) % len(colors)]
+        linestyle = "-" if eta else "--"
+        if train:
+            ax_train.plot(*zip(*train), color=color, linestyle=linestyle, label=label, linewidth=0.8, alpha=0.8)
+        if evals:
+            ax_eval.plot(*zip(*evals), color=color, linestyle=linestyle, marker="o", markersize=3, label=label)
+    for ax, title in ((ax_train, "training loss"), (ax_eval, "validation loss (block length)")):
+        ax.set_xlabel("tokens seen (millions)")
+        ax.set_ylabel("cross-entropy (nats/token)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    if ax_eval.get_legend_handles_labels()[0]:
+        ax_eval.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,4 +1,4 @@
-"""Validation perplexity at several input lengths (the shape of the paper's Table 6) and seed statistics."""
+"""Validation perplexity at several input lengths, in the shape of the paper's Table 6 (Dai et al. 2023, §5)."""
 
 from __future__ import annotations
 
@@ -56,17 +56,3 @@ def perplexity_at_lengths(
     model.train(was_training)
     return results
 
-
-def mean_and_t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
-    """Mean and the half-width of the Student-t confidence interval of the mean (0 for a single value)."""
-    from scipy import stats
-
-    if not values:
-        raise ValueError("mean_and_t_interval needs at least one value.")
-    count = len(values)
-    mean = sum(values) / count
-    if count == 1:
-        return mean, 0.0
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (count - 1))
-    half_width = float(stats.t.ppf(0.5 + confidence / 2, count - 1)) * std / math.sqrt(count)
-    return mean, half_width

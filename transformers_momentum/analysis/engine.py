@@ -1,0 +1,148 @@
+"""ZSL, ICL and FT forwards of one model, returning what they computed (the pipeline's only contact with torch).
+
+One `Engine` wraps the model with K/V deltas (`KVTuningConfig`), installs the probe and the K/V input moments, and
+serves every setting of an evaluation example back to back: the FT variants' deltas are snapshotted after training
+and loaded back in place, so nothing but the deltas changes between ZSL, ICL and each FT variant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from peft import get_peft_model
+from torch import nn
+
+from ..kv_tuning import KVTuningConfig
+from .config import AnalysisConfig
+from .finetune import FinetuneTrace, kv_finetune, trainable_parameters
+from .icl import CandidateScorer, CandidateScores, Prefix, Row
+from .probe import AttentionProbe, ProbeRecord
+from .prompt import Context, PromptLayout
+from .weight_space import KVInputSecondMoment
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass
+class Observation:
+    """One evaluation example in one setting: its candidate scores and, when recorded, what the probe saw."""
+
+    scores: CandidateScores
+    record: ProbeRecord | None
+
+    @property
+    def predicted(self) -> int:
+        return self.scores.predicted
+
+
+class Engine:
+    """ZSL / ICL / FT forwards of `model` with the probe installed; :meth:`close` restores the model."""
+
+    def __init__(self, model: nn.Module, layout: PromptLayout, config: AnalysisConfig):
+        self.layout = layout
+        self.model = get_peft_model(model, KVTuningConfig())
+        self.model.eval()
+        self.probe = AttentionProbe(self.model)
+        self.moments = KVInputSecondMoment(self.model)
+        self.params = trainable_parameters(self.model)
+        self.zero_state: State = {name: torch.zeros_like(p) for name, p in self.params.items()}
+        self.scorer = CandidateScorer(
+            self.model, layout, batch_size=config.batch_size, analysis_position=config.analysis_position
+        )
+
+    def close(self) -> None:
+        self.probe.remove()
+        self.moments.remove()
+        self.model.unload()
+
+    # ------------------------------------------------------------------------------------------ K/V deltas
+
+    @torch.no_grad()
+    def load_state(self, state: State) -> None:
+        for name, parameter in self.params.items():
+            parameter.copy_(state[name])
+
+    def snapshot(self) -> State:
+        return {name: p.detach().clone() for name, p in self.params.items()}
+
+    def finetune(
+        self, sequences: list[list[int]], lr: float, *, method: str = "gd", record_queries: bool = False
+    ) -> tuple[State, FinetuneTrace]:
+        """K/V deltas after one epoch of batch-1 SGD on `sequences` from zero, and the training trace."""
+        self.load_state(self.zero_state)
+        trace = kv_finetune(
+            self.model,
+            sequences,
+            lr,
+            method=method,
+            probe=self.probe if record_queries else None,
+            start_length=len(self.layout.start_ids),
+        )
+        return self.snapshot(), trace
+
+    def deltas_finite(self) -> bool:
+        return all(bool(torch.isfinite(p.detach()).all()) for p in self.params.values())
+
+    # ------------------------------------------------------------------------------------------ forwards
+
+    def prefix(self, context: Context, *, moments: bool = False) -> Prefix:
+        """`context` run once with the zero deltas (ICL); with `moments`, its demo tokens join the K/V moments."""
+        self.load_state(self.zero_state)
+        start = len(self.layout.start_ids)
+
+        def observe():
+            mask = torch.zeros((1, len(context)), dtype=torch.bool)
+            mask[0, start:] = True
+            return self.moments.accumulate(mask)
+
+        return self.scorer.prefix(context, observe if moments else None)
+
+    def evaluate(
+        self,
+        prefix: Prefix,
+        examples: list[dict],
+        state: State,
+        *,
+        record: bool = True,
+        moments: bool = False,
+    ) -> list[Observation]:
+        """Every example after `prefix` with the deltas `state`; `record` keeps the probe's record of candidate 0's
+        sequence, `moments` adds its query-example tokens to the K/V input moments."""
+        self.load_state(state)
+        records: dict[int, ProbeRecord] = {}
+
+        @contextlib.contextmanager
+        def observe(rows: list[Row]):
+            recorded = {i: row.analysis_index for i, row in enumerate(rows) if row.analysis_index is not None}
+            with contextlib.ExitStack() as stack:
+                if record:
+                    stack.enter_context(self.probe.record_eval(recorded))
+                if moments:
+                    mask = torch.zeros((len(rows), max(len(r.ids) for r in rows)), dtype=torch.bool)
+                    for i in recorded:
+                        mask[i, rows[i].query_start : len(rows[i].ids)] = True
+                    stack.enter_context(self.moments.accumulate(mask))
+                yield
+            if record:
+                records.update({rows[i].example: r for i, r in self.probe.eval_records().items()})
+
+        scores = self.scorer.score(prefix, examples, observe if (record or moments) else None)
+        return [Observation(s, records.get(i)) for i, s in enumerate(scores)]
+
+    def predictions(self, context: Context, examples: list[dict], state: State) -> list[CandidateScores]:
+        """Candidate scores without recording (lr tuning, seed selection, the order control)."""
+        self.load_state(state)
+        prefix = self.scorer.prefix(context)
+        return self.scorer.score(prefix, examples)
+
+    def accuracy(self, context: Context, examples: list[dict], state: State) -> float:
+        scores = self.predictions(context, examples, state)
+        return 100.0 * float(
+            np.mean([s.predicted == int(ex["label"]) for s, ex in zip(scores, examples, strict=True)])
+        )
+
+
+__all__ = ["Engine", "Observation", "State"]

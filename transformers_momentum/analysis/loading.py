@@ -1,0 +1,110 @@
+"""Model and tokenizer for the analyzer: an offline name, a local folder or a Hub id, with one-line errors.
+
+The attention implementation is left to transformers unless asked for (sdpa where the model supports it, eager
+otherwise: XGLM, the architecture of the paper's GPT 1.3B/2.7B, has no sdpa). ``dtype`` sets the precision of the
+weights and forwards; the analyzer computes its metrics in fp32/fp64 whatever it is. ``device_map="auto"`` spreads a
+model over the available devices with accelerate.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+from .errors import AnalysisInputError
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _looks_like_path(name: str) -> bool:
+    return (
+        name.startswith(("/", "./", "../", "~", ".\\"))
+        or name.count("/") > 1
+        or os.sep in name.replace("/", "")
+    )
+
+
+def resolve_model(name: str) -> str:
+    """The folder or Hub id to load `name` from; raises AnalysisInputError without touching the network when
+    `name` cannot be a model (a missing folder, a file, a near-miss of an offline name)."""
+    from ..assets import OFFLINE_MODELS, offline_model_path
+
+    if name in OFFLINE_MODELS:
+        try:
+            return str(offline_model_path(name))
+        except ModuleNotFoundError as error:
+            raise AnalysisInputError(str(error)) from None
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise AnalysisInputError(
+                f"--model {name}: is a file, not a model folder (config.json, weights, tokenizer)."
+            )
+        if not (path / "config.json").is_file():
+            raise AnalysisInputError(
+                f"--model {name}: the folder has no config.json, so it is not a model folder."
+            )
+        _check_safetensors(path)
+        return str(path)
+    known = sorted(OFFLINE_MODELS)
+    if _looks_like_path(name):
+        raise AnalysisInputError(f"--model {name}: no such folder (offline models: {', '.join(known)}).")
+    near = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+    if near:
+        raise AnalysisInputError(
+            f"--model {name}: not a local folder or an offline model; did you mean {near[0]!r}? Offline models: "
+            f"{', '.join(known)}."
+        )
+    return name  # a Hub id
+
+
+def _check_safetensors(folder: Path) -> None:
+    """Open every safetensors file's header, so a truncated or corrupt file is named before loading starts."""
+    from safetensors import safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception as error:  # safetensors raises its own error type for every header problem
+            raise AnalysisInputError(
+                f"--model: the weights file {file} is truncated or corrupt ({error})."
+            ) from None
+
+
+def load_model(
+    name: str,
+    *,
+    dtype: str = "fp32",
+    device: str | None = None,
+    device_map: str | None = None,
+    attn_implementation: str | None = None,
+):
+    """(model, tokenizer) from an offline name (`transformers_momentum.assets`), a local folder or a Hub id."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise AnalysisInputError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
+    source = resolve_model(name)
+    kwargs = {"dtype": getattr(torch, DTYPES[dtype])}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, ImportError) as error:
+        from ..assets import OFFLINE_MODELS
+
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        hint = "" if Path(source).exists() else f" (offline models: {', '.join(sorted(OFFLINE_MODELS))})"
+        raise AnalysisInputError(f"--model {name}: could not load it: {first}{hint}") from None
+    if device_map is None:
+        model = model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return model.eval(), tokenizer
+
+
+__all__ = ["DTYPES", "load_model", "resolve_model"]

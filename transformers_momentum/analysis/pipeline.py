@@ -1,0 +1,309 @@
+"""The analysis pipeline: ZSL, ICL and K/V-only FT on the same demonstrations, compared per layer.
+
+    analyze(model, tokenizer, config)
+      1. inputs     task data checked, prompt layout, splits (protocol.make_splits), context budget
+      2. per model  (the pretrained model; with the `untrained` control, a copy with re-initialised blocks)
+         per seed   demonstrations (protocol.draw_demos) -> learning rate (protocol.tune_learning_rate)
+                    -> every FT variant trained on its sequences (variants.FT_VARIANTS, engine.finetune)
+                    -> the ICL context run once (engine.prefix)
+                    -> every evaluation example in ZSL, ICL and each FT variant, in batches (engine.evaluate)
+                    -> per-example metric values (collect.SeedCollector)
+                    -> weight-space cosines (weight_space) and the order control (order)
+      3. results    estimates over examples and seeds (summarize, statistics) -> AnalysisResult
+
+The model is wrapped with peft for the run and unwrapped afterwards (its weights are unchanged).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import asdict
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..architectures import attention_modules, get_architecture, rotates_queries
+from .collect import KendallInputs, SeedCollector, SeedValues
+from .config import AnalysisConfig
+from .controls import untrained_copy
+from .engine import Engine
+from .errors import AnalysisInputError
+from .icl import context_budget
+from .order import order_control
+from .prompt import PromptLayout
+from .protocol import Splits, draw_demos, make_splits, select_seed, tune_learning_rate
+from .records import Records
+from .results import AnalysisResult, SeedInfo
+from .statistics import BOOTSTRAP, LEVEL, WILSON
+from .summarize import summarize_model, warnings_for
+from .tasks import TaskData, TaskSpec, check_task_data, get_task, load_task_data
+from .variants import VariantInputs, aligned_tokens, variants_for
+from .weight_space import weight_space_cosines
+
+logger = logging.getLogger(__name__)
+
+
+def analyze(
+    model: nn.Module,
+    tokenizer,
+    config: AnalysisConfig | None = None,
+    *,
+    task: TaskSpec | None = None,
+    data: TaskData | None = None,
+    model_name: str | None = None,
+) -> AnalysisResult:
+    """Compare ICL with K/V-only finetuning on `model` (any HF causal LM) for one task; see the module docstring.
+
+    `task` / `data` override the built-in task named by ``config.task`` and its data (for user-defined tasks).
+    """
+    started = time.time()
+    config = config or AnalysisConfig()
+    task = task or get_task(config.task)
+    config = config.replace(task=task.name)
+    data = (
+        check_task_data(task, data)
+        if data is not None
+        else load_task_data(task, config.data_dir, hub=config.hub)
+    )
+    try:
+        get_architecture(model)
+        if not attention_modules(model):
+            raise ValueError("no decoder blocks")
+    except (ValueError, AttributeError, TypeError) as error:
+        raise AnalysisInputError(f"No attention found in {type(model).__name__}: {error}") from None
+    layout = PromptLayout(
+        tokenizer, task, separator=config.separator, start_token=config.start_token, newline=config.newline
+    )
+    splits = make_splits(data, config)
+    budget, max_length = context_budget(
+        model, layout, splits.eval_examples + splits.tune_examples, config.max_length
+    )
+    other = None
+    if "other_task" in config.controls:
+        other_task = get_task(config.other_task or ("sst2" if task.name == "agnews" else "agnews"))
+        if other_task.name == task.name:
+            raise AnalysisInputError("other_task must differ from the analysed task.")
+        other_layout = PromptLayout(
+            tokenizer,
+            other_task,
+            separator=config.separator,
+            start_token=config.start_token,
+            newline=config.newline,
+        )
+        other = (other_layout, load_task_data(other_task, config.data_dir, hub=config.hub).train)
+    records = Records() if config.save_records else None
+
+    run = _ModelRun(config, layout, splits, budget, max_length, other, records)
+    models, seed_infos, seed_selection, warnings = {}, [], [], []
+    runs = [("pretrained", model)] + ([("untrained", None)] if "untrained" in config.controls else [])
+    for name, run_model in runs:
+        result, infos, selection, model_warnings = run(
+            name, run_model if run_model is not None else untrained_copy(model, seed=1234)
+        )
+        models[name] = result
+        warnings += model_warnings
+        if name == "pretrained":
+            seed_infos, seed_selection = infos, selection
+    if run.probe_fallback:
+        warnings.append(
+            "The model's attention does not dispatch through transformers' attention interface: score rows are "
+            "log-probabilities (exact up to a per-head constant), so SimAM and ΔSimAM are approximate; Kendall τ is "
+            "exact."
+        )
+    return AnalysisResult(
+        config=asdict(config),
+        run={
+            "model": model_name or getattr(model.config, "_name_or_path", None) or type(model).__name__,
+            "model_type": model.config.model_type,
+            "num_layers": len(attention_modules(model)),
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "devices": sorted({str(p.device) for p in model.parameters()}),
+            "data_source": data.source,
+            "n_eval_used": len(splits.eval_examples),
+            "tuning_split": splits.tuning_split,
+            "other_task_used": other[0].task.name if other else None,
+            "seeds_analyzed": run.seeds,
+            "seed_selection": seed_selection,
+            "max_length_used": max_length,
+            "start_token_ids": layout.start_ids,
+            "separator_ids": layout.separator_ids,
+            "label_token_counts": [len(ids) for ids in layout.label_ids],
+            "probe_fallback": run.probe_fallback,
+            "kendall_queries": run.kendall_queries,
+            "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__,
+            "python": platform.python_version(),
+            "wall_seconds": round(time.time() - started, 1),
+        },
+        statistics={
+            "level": LEVEL,
+            "unit": "evaluation example (every seed evaluates the same examples; seeds are averaged within an example)",
+            "metrics": BOOTSTRAP,
+            "accuracy": f"{WILSON} when every example has one outcome (one seed, or the same under every seed); "
+            f"otherwise the {BOOTSTRAP}",
+            "seed_spread": "per_seed holds each seed's estimate, seed_sd their standard deviation",
+            "rec2ftp": "counts over (seed, example) pairs",
+        },
+        models=models,
+        seeds=seed_infos,
+        warnings=warnings,
+        records=records,
+    )
+
+
+class _ModelRun:
+    """Runs every seed on one model (stage 2 of the module docstring)."""
+
+    def __init__(
+        self, config: AnalysisConfig, layout: PromptLayout, splits: Splits, budget, max_length, other, records
+    ):
+        self.config, self.layout, self.splits = config, layout, splits
+        self.budget, self.max_length, self.other, self.records = budget, max_length, other, records
+        self.seeds = list(config.seeds)
+        self.lr_cache: dict[int, tuple[float, dict | None]] = {}
+        self.probe_fallback = False
+        self.kendall_queries: str | None = None
+
+    def __call__(self, name: str, model: nn.Module):
+        config = self.config
+        variants = variants_for(config.controls) if name == "pretrained" else variants_for(())
+        engine = Engine(model, self.layout, config)
+        self.probe_fallback |= engine.probe.fallback
+        seed_selection = {}
+        try:
+            if name == "pretrained" and config.select_seed and len(self.seeds) > 1:
+                chosen, seed_selection = select_seed(
+                    engine, self.splits, self.layout, config, self.budget, self.max_length
+                )
+                self.seeds = [chosen]
+            progress = tqdm(
+                total=len(self.seeds) * len(self.splits.eval_examples), desc=f"analyse [{name}]",
+                unit="ex", disable=not config.progress,
+            )  # fmt: skip
+            values, infos, weights, losses, info, order = [], [], {}, {}, {}, []
+            with progress:
+                for seed in self.seeds:
+                    seed_values, seed_info, extra = self._seed(engine, name, seed, variants, progress)
+                    values.append(seed_values)
+                    infos.append(seed_info)
+                    for variant in variants:
+                        weights.setdefault(variant.name, []).append(extra["weights"][variant.name])
+                        losses.setdefault(variant.name, []).append(extra["losses"][variant.name])
+                        info.setdefault(variant.name, []).append(extra["info"][variant.name])
+                    if extra["order"] is not None:
+                        order.append(extra["order"])
+            if engine.scorer.single_row_cache_batches:
+                logger.info("%s: the context cache holds a recurrent state; ICL rows ran one at a time", name)
+        finally:
+            engine.close()
+        result = summarize_model(
+            values, config, weights=weights, losses=losses, info=info, order=order or None
+        )
+        return result, infos, seed_selection, warnings_for(name, self.seeds, values, self.layout.task)
+
+    def _kendall_source(self, engine: Engine) -> str | None:
+        """Which queries Kendall τ uses: the ones attention used, or (position-free queries) the projection's."""
+        if not engine.probe.fallback:
+            return "attention queries"
+        if engine.probe.has_projected_queries and not rotates_queries(engine.model):
+            return (
+                "query projection (the model applies no rotary embedding, so these are attention's queries)"
+            )
+        return None
+
+    def _seed(self, engine: Engine, name: str, seed: int, variants, progress):
+        config, layout, splits = self.config, self.layout, self.splits
+        demos = draw_demos(splits, seed, layout, config, self.budget, self.max_length)
+        context = layout.context(demos)
+        sequences = [layout.ft_sequence(d) for d in demos]
+        if config.lr is not None:
+            lr, lr_search = config.lr, None
+        elif seed in self.lr_cache:  # the untrained control reuses the rate tuned on the pretrained model
+            lr, lr_search = self.lr_cache[seed]
+        else:
+            progress.set_postfix_str(f"tuning lr, seed {seed}")
+            lr, lr_search = tune_learning_rate(engine, sequences, splits.tune_examples, config, seed)
+            self.lr_cache[seed] = (lr, lr_search)
+            progress.set_postfix_str("")
+        source = self._kendall_source(engine)
+        self.kendall_queries = self.kendall_queries or source
+
+        # Every FT variant, trained from zero on its own sequences with the same rate.
+        states, kendall, losses, info = {}, {}, {}, {}
+        inputs = VariantInputs(layout, demos, seed, config.random_labels, self.other)
+        for variant in variants:
+            training = variant.training_data(inputs)
+            aligned = training.demos is not None and source is not None
+            states[variant.name], trace = engine.finetune(
+                training.sequences, lr, method=variant.method, record_queries=aligned
+            )
+            losses[variant.name], info[variant.name] = trace.losses, training.info
+            kendall[variant.name] = None
+            if aligned:
+                icl_positions, ft_indices = aligned_tokens(layout, context, demos, training.demos)
+                if len(icl_positions) < sum(b - a for a, b in context.demo_spans):
+                    logger.info(
+                        "seed %d, %s: Kendall over the %d demonstration tokens that line up",
+                        seed,
+                        variant.name,
+                        len(icl_positions),
+                    )
+                rotary = not engine.probe.fallback and rotates_queries(engine.model)
+                kendall[variant.name] = KendallInputs(
+                    icl_positions,
+                    ft_indices,
+                    trace.train_queries if not engine.probe.fallback else trace.train_projected_queries,
+                    "query" if not engine.probe.fallback else "projected_query",
+                    trace.train_projected_queries if rotary else None,
+                )
+
+        prefix = engine.prefix(context, moments=True)
+        demo_moment = engine.moments.take()
+        zero = engine.scorer.prefix(layout.zero_shot_context())
+        collector = SeedCollector(
+            seed=seed, bootstrap_seed=config.bootstrap_seed, start=len(layout.start_ids), context_length=len(context),
+            num_layers=engine.probe.num_layers, kendall=kendall, kendall_n=config.kendall_n, topk=config.topk,
+            output_topk=config.output_topk, records=self.records.begin(name, seed) if self.records else None,
+        )  # fmt: skip
+        examples = splits.eval_examples
+        for start in range(0, len(examples), config.batch_size):
+            chunk = examples[start : start + config.batch_size]
+            zsl = engine.evaluate(zero, chunk, engine.zero_state, moments=True)
+            icl = engine.evaluate(prefix, chunk, engine.zero_state)
+            ft = {v.name: engine.evaluate(zero, chunk, states[v.name]) for v in variants}
+            collector.add(chunk, zsl, icl, ft)
+            progress.update(len(chunk))
+        query_moment = engine.moments.take()
+        weights = {}
+        for variant in variants:
+            engine.load_state(states[variant.name])
+            weights[variant.name] = weight_space_cosines(
+                engine.model, engine.moments, demo_moment, query_moment
+            )
+        values: SeedValues = collector.values
+
+        order = None
+        if "order" in config.controls and name == "pretrained" and len(demos) > 1:
+            progress.set_postfix_str(f"order control, seed {seed}")
+            in_order = {
+                "icl": (values.icl_predicted, values.icl_gold_probability),
+                "ft": (values.variants["gd"].predicted, values.variants["gd"].gold_probability),
+            }
+            order = order_control(engine, demos, examples, lr, seed, config.order_permutations, in_order)
+            progress.set_postfix_str("")
+        engine.load_state(engine.zero_state)
+        seed_info = SeedInfo(
+            seed=seed,
+            k_effective=len(demos),
+            context_tokens=len(context),
+            lr=lr,
+            lr_search=lr_search,
+            demo_indices=[int(d["__pool_index"]) for d in demos],
+        )
+        return values, seed_info, {"weights": weights, "losses": losses, "info": info, "order": order}
+
+
+__all__ = ["analyze"]
