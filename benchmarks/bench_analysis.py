@@ -1,19 +1,24 @@
 """Analyzer costs, each measured against a baseline in the same run.
 
-1. Probe overhead: forward time with the probe installed (recording off, and recording one analysis row) divided by
+1. Throughput: analysed examples per second of the evaluation phase (ZSL + ICL with the cached demonstration
+   context + vanilla-GD FT, every forward recorded by the probe) at several batch sizes, as a ratio to batch 1
+   (goal: >= 3x at batch 8 on SmolLM2-135M on CPU).
+2. Probe overhead: forward time with the probe installed (recording off, and recording one analysis row) divided by
    the bare model's forward time (target: <= 1.05 with recording off).
-2. Memory at T = 2048: peak resident memory of a forward that records only the score rows vs one that materialises
-   every attention map (eager, ``output_attentions=True``), each in a fresh subprocess; plus the bytes kept.
-3. Wall time per analysed example for ZSL + ICL + FT (no controls) on the real model when it is available.
+3. Memory at T = 2048, each in a fresh subprocess: peak resident memory of a forward that records only the score rows
+   vs one that materialises every attention map (eager, ``output_attentions=True``); and of the batched ICL
+   evaluation of 8 examples after a ~2048-token context at batch 1 vs batch 8.
 
-    python benchmarks/bench_analysis.py [--model smollm2-135m|tiny] [--layers N] [--threads 1]
+    python benchmarks/bench_analysis.py [--model smollm2-135m|tiny] [--threads 1] [--batch-sizes 1,2,4,8]
 
 ``--model tiny`` uses a random Llama with SmolLM2's shape (width 576, 9/3 heads) and ``--layers`` blocks.
+No GPU benchmark is included here: the machine this was written on has none.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import statistics
@@ -34,12 +39,64 @@ def smollm2_shaped(layers: int, attn: str = "sdpa"):
     return AutoModelForCausalLM.from_config(config, attn_implementation=attn).eval()
 
 
-def load(name: str, layers: int, attn: str = "sdpa"):
+def load(name: str, layers: int, attn: str | None = None):
     if name == "tiny":
-        return smollm2_shaped(layers, attn), None
-    from transformers_momentum.analysis.cli import load_model
+        return smollm2_shaped(layers, attn or "sdpa"), None
+    from transformers_momentum.analysis import load_model
 
-    return load_model(name, attn_implementation=attn, device="cpu")
+    return load_model(name, attn_implementation=attn, device="cpu", progress=False)
+
+
+# ------------------------------------------------------------------------------------------------ throughput
+
+
+def _engine(model, tokenizer, batch_size: int, k: int, max_length: int = 2048, allow_fewer: bool = False):
+    from transformers_momentum.analysis import (
+        AnalysisConfig,
+        PromptLayout,
+        choose_demos,
+        get_task,
+        load_task_data,
+    )
+    from transformers_momentum.analysis.engine import Engine
+
+    config = AnalysisConfig(task="sst2", batch_size=batch_size, progress=False)
+    layout = PromptLayout(tokenizer, get_task("sst2"))
+    data = load_task_data("sst2")
+    examples = list(data.eval.shuffle(seed=1))
+    budget = max_length - layout.longest_query(examples[:64])
+    demos = choose_demos(data.train, 1, layout, k, budget, allow_fewer=allow_fewer)
+    return Engine(model, layout, config), layout, demos, examples
+
+
+def bench_throughput(model, tokenizer, batch_sizes: list[int], n_eval: int, k: int) -> dict:
+    results = {}
+    for batch_size in batch_sizes:
+        engine, layout, demos, examples = _engine(model, tokenizer, batch_size, k)
+        try:
+            state, _ = engine.finetune([layout.ft_sequence(d) for d in demos], 1e-3)
+            prefix = engine.prefix(layout.context(demos))
+            zero = engine.scorer.prefix(layout.zero_shot_context())
+            chunk = examples[:n_eval]
+            engine.evaluate(zero, chunk[:batch_size], engine.zero_state)  # warm-up
+            start = time.perf_counter()
+            for offset in range(0, n_eval, batch_size):
+                part = chunk[offset : offset + batch_size]
+                engine.evaluate(zero, part, engine.zero_state, moments=True)
+                engine.evaluate(prefix, part, engine.zero_state)
+                engine.evaluate(zero, part, state)
+            elapsed = time.perf_counter() - start
+        finally:
+            engine.close()
+        results[batch_size] = {
+            "seconds": elapsed,
+            "examples_per_s": n_eval / elapsed,
+            "context": len(layout.context(demos)),
+        }
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ probe overhead
 
 
 def time_forward(model, ids, repeats: int, context) -> float:
@@ -53,8 +110,6 @@ def time_forward(model, ids, repeats: int, context) -> float:
 
 
 def bench_overhead(model, length: int, repeats: int) -> dict:
-    import contextlib
-
     from transformers_momentum.analysis import AttentionProbe
 
     ids = torch.randint(10, 1000, (1, length), generator=torch.Generator().manual_seed(0))
@@ -63,40 +118,50 @@ def bench_overhead(model, length: int, repeats: int) -> dict:
     off = time_forward(model, ids, repeats, contextlib.nullcontext)
     on = time_forward(model, ids, repeats, lambda: probe.record_eval(-1))
     probe.remove()
-    bare_again = time_forward(model, ids, repeats, contextlib.nullcontext)
-    base = min(bare, bare_again)
+    base = min(bare, time_forward(model, ids, repeats, contextlib.nullcontext))
     return {"T": length, "bare_s": base, "probe_off_ratio": off / base, "probe_recording_ratio": on / base}
 
 
+# ------------------------------------------------------------------------------------------------ memory
+
+
 def memory_child(mode: str, model_name: str, layers: int, length: int) -> None:
-    """Run in a subprocess: one forward at T=length, print peak RSS and the bytes recorded."""
+    """Run in a subprocess: one measured step at T=length, print peak RSS growth and the bytes recorded."""
     from transformers_momentum.analysis import AttentionProbe
 
-    model, _ = load(model_name, layers, attn="eager" if mode == "maps" else "sdpa")
-    ids = torch.randint(10, 1000, (1, length), generator=torch.Generator().manual_seed(0))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with torch.no_grad():
-        if mode == "maps":
-            maps = model(input_ids=ids, logits_to_keep=1, output_attentions=True, use_cache=False).attentions
-            kept = sum(m.numel() * m.element_size() for m in maps)
-        elif mode == "rows":
-            probe = AttentionProbe(model)
-            with probe.record_eval(-1):
-                model(input_ids=ids, logits_to_keep=1, use_cache=False)
-            record = probe.eval_record()
-            kept = (
-                sum(s.numel() * 4 for s in record.scores)
-                + record.attention_output.numel() * 4
-                + record.query.numel() * 4
-            )
-        else:
-            model(input_ids=ids, logits_to_keep=1, use_cache=False)
-            kept = 0
+    model, tokenizer = load(model_name, layers, attn="eager" if mode == "maps" else None)
+    kept = 0
+    if mode.startswith("icl-batch"):
+        batch_size = int(mode.removeprefix("icl-batch"))
+        engine, layout, demos, examples = _engine(
+            model, tokenizer, batch_size, 10_000, max_length=length, allow_fewer=True
+        )
+        prefix = engine.prefix(layout.context(demos))
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        observations = engine.evaluate(prefix, examples[:8], engine.zero_state)
+        kept = sum(sum(s.numel() * 4 for s in o.record.scores) for o in observations)
+        length = len(layout.context(demos))
+    else:
+        ids = torch.randint(10, 1000, (1, length), generator=torch.Generator().manual_seed(0))
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with torch.no_grad():
+            if mode == "maps":
+                maps = model(
+                    input_ids=ids, logits_to_keep=1, output_attentions=True, use_cache=False
+                ).attentions
+                kept = sum(m.numel() * m.element_size() for m in maps)
+            else:
+                probe = AttentionProbe(model)
+                with probe.record_eval(-1):
+                    model(input_ids=ids, logits_to_keep=1, use_cache=False)
+                record = probe.eval_record()
+                kept = sum(s.numel() * 4 for s in record.scores) + record.attention_output.numel() * 4
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(
         json.dumps(
             {
                 "mode": mode,
+                "T": length,
                 "peak_rss_mb": peak / 1024,
                 "growth_mb": (peak - before) / 1024,
                 "kept_bytes": kept,
@@ -105,9 +170,9 @@ def memory_child(mode: str, model_name: str, layers: int, length: int) -> None:
     )
 
 
-def bench_memory(model_name: str, layers: int, length: int) -> dict:
+def bench_memory(model_name: str, layers: int, length: int, modes) -> dict:
     out = {}
-    for mode in ("bare", "rows", "maps"):
+    for mode in modes:
         line = subprocess.run(
             [sys.executable, __file__, "--child", mode, "--model", model_name, "--layers", str(layers), "--length", str(length)],
             check=True, capture_output=True, text=True,
@@ -116,52 +181,54 @@ def bench_memory(model_name: str, layers: int, length: int) -> dict:
     return out
 
 
-def bench_per_example(model, tokenizer, n_eval: int, k: int) -> dict:
-    from transformers_momentum.analysis import AnalysisConfig, analyze
-
-    start = time.perf_counter()
-    result = analyze(
-        model,
-        tokenizer,
-        AnalysisConfig(task="sst2", k=k, n_eval=n_eval, lr=1e-3, controls=(), progress=False),
-    )
-    total = time.perf_counter() - start
-    return {"n_eval": n_eval, "k": k, "total_s": total, "per_example_s": total / n_eval,
-            "context_tokens": result.results["seeds"][0]["context_tokens"]}  # fmt: skip
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--layers", type=int, default=4, help="blocks of the 'tiny' SmolLM2-shaped model")
+    parser.add_argument("--batch-sizes", default="1,2,4,8")
+    parser.add_argument("--n-eval", type=int, default=32)
+    parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--length", type=int, default=2048)
     parser.add_argument("--overhead-length", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--n-eval", type=int, default=8)
-    parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--skip", default="", help="comma-separated parts to skip: throughput, overhead, memory"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.child:
         memory_child(args.child, args.model, args.layers, args.length)
         return
+    skip = set(args.skip.split(","))
     model, tokenizer = load(args.model, args.layers)
-    overhead = bench_overhead(model, args.overhead_length, args.repeats)
-    print(f"probe overhead at T={overhead['T']}: bare {overhead['bare_s'] * 1e3:.1f} ms; recording off "
-          f"{overhead['probe_off_ratio']:.3f}x, recording one row {overhead['probe_recording_ratio']:.3f}x")  # fmt: skip
-    memory = bench_memory(args.model, args.layers, args.length)
-    # Peak RSS growth during the forward (beyond the peak reached while loading the model), per mode.
-    print(f"memory at T={args.length} ({args.model}): peak-RSS growth during the forward: bare "
-          f"{memory['bare']['growth_mb']:.0f} MB, row capture {memory['rows']['growth_mb']:.0f} MB (kept "
-          f"{memory['rows']['kept_bytes'] / 2**20:.2f} MiB), full maps {memory['maps']['growth_mb']:.0f} MB (kept "
-          f"{memory['maps']['kept_bytes'] / 2**20:.0f} MiB); peak RSS rows {memory['rows']['peak_rss_mb']:.0f} MB vs "
-          f"maps {memory['maps']['peak_rss_mb']:.0f} MB ({memory['maps']['peak_rss_mb'] / memory['rows']['peak_rss_mb']:.2f}x); "
-          f"kept bytes maps/rows {memory['maps']['kept_bytes'] / memory['rows']['kept_bytes']:.0f}x")  # fmt: skip
-    if tokenizer is not None:
-        timing = bench_per_example(model, tokenizer, args.n_eval, args.k)
-        print(f"ZSL+ICL+FT per analysed example (sst2, k={timing['k']}, context {timing['context_tokens']} tokens): "
-              f"{timing['per_example_s']:.2f} s ({timing['total_s']:.1f} s for {timing['n_eval']}, FT included)")  # fmt: skip
+    if "throughput" not in skip and tokenizer is not None:
+        sizes = [int(b) for b in args.batch_sizes.split(",")]
+        results = bench_throughput(model, tokenizer, sizes, args.n_eval, args.k)
+        base = results[sizes[0]]["examples_per_s"]
+        print(f"throughput (sst2, k={args.k}, context {results[sizes[0]]['context']} tokens, {args.n_eval} examples, "
+              f"ZSL+ICL+FT recorded, {args.threads} thread(s)):")  # fmt: skip
+        for size, r in results.items():
+            print(
+                f"  batch {size}: {r['examples_per_s']:.2f} examples/s ({r['examples_per_s'] / base:.2f}x batch {sizes[0]})"
+            )
+    if "overhead" not in skip:
+        overhead = bench_overhead(model, args.overhead_length, args.repeats)
+        print(f"probe overhead at T={overhead['T']}: bare {overhead['bare_s'] * 1e3:.1f} ms; recording off "
+              f"{overhead['probe_off_ratio']:.3f}x, recording one row {overhead['probe_recording_ratio']:.3f}x")  # fmt: skip
+    if "memory" not in skip:
+        modes = ["rows", "maps"] + (["icl-batch1", "icl-batch8"] if tokenizer is not None else [])
+        memory = bench_memory(args.model, args.layers, args.length, modes)
+        rows, maps = memory["rows"], memory["maps"]
+        print(f"memory at T={args.length}: peak-RSS growth of one forward: row capture {rows['growth_mb']:.0f} MB (kept "
+              f"{rows['kept_bytes'] / 2**20:.2f} MiB) vs full maps {maps['growth_mb']:.0f} MB (kept "
+              f"{maps['kept_bytes'] / 2**20:.0f} MiB); peak RSS {rows['peak_rss_mb']:.0f} vs {maps['peak_rss_mb']:.0f} MB")  # fmt: skip
+        if "icl-batch1" in memory:
+            one, eight = memory["icl-batch1"], memory["icl-batch8"]
+            print(f"ICL evaluation of 8 examples after a {one['T']}-token context: peak-RSS growth batch 1 "
+                  f"{one['growth_mb']:.0f} MB, batch 8 {eight['growth_mb']:.0f} MB; peak RSS {one['peak_rss_mb']:.0f} vs "
+                  f"{eight['peak_rss_mb']:.0f} MB")  # fmt: skip
 
 
 if __name__ == "__main__":

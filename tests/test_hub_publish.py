@@ -1,7 +1,7 @@
 """Publishing checkpoint folders to a Hub: dry run, clear errors, LFS uploads, atomic retries, a download round trip.
 
 The Hub is `tests/fakehub.py` (in-memory, 127.0.0.1, random port), which takes the same two upload paths as the real
-Hub without `hf_xet`: LFS (preupload -> LFS batch -> PUT -> verify -> ``lfsFile`` in the commit) for
+Hub without Xet: LFS (preupload -> LFS batch -> PUT -> verify -> ``lfsFile`` in the commit) for
 ``*.safetensors``, inline base64 for the rest. Loading through `HF_ENDPOINT` happens in subprocesses because
 `huggingface_hub` reads that variable once, at import.
 """
@@ -9,6 +9,7 @@ Hub without `hf_xet`: LFS (preupload -> LFS batch -> PUT -> verify -> ``lfsFile`
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -60,6 +61,9 @@ def hub(monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    # With hf_xet installed, LFS-mode files go to a Xet CAS server, whose protocol the fake Hub does not speak; the
+    # Hub's LFS upload path (what huggingface_hub does without hf_xet, or with HF_HUB_DISABLE_XET=1) runs instead.
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     with FakeHub({TOKEN: "tester", "hf_other_user_token": "other"}) as server:
         yield server
 
@@ -260,8 +264,8 @@ def test_an_unreachable_hub_is_one_line_after_retries(checkpoint, capsys):
 
 
 def test_quiet_silences_library_warnings(checkpoint, monkeypatch, recwarn, capsys):
-    import transformers_momentum.hub.publish as publish_module
-
+    # importlib: the package's `publish` attribute is the function, which shadows the module of the same name.
+    publish_module = importlib.import_module("transformers_momentum.hub.publish")
     real = publish_module.list_checkpoint_files
 
     def noisy(folder):

@@ -22,6 +22,7 @@ from transformers import (
 
 import transformers_momentum as tm
 from transformers_momentum import MomentumGPTConfig, MomentumGPTForCausalLM, momentum_scan
+from transformers_momentum.models.momentum_gpt.modeling_momentum_gpt import allowed_keys, masked_momentum
 from transformers_momentum.compat import cache_kwargs, output_cache
 
 ATOL_FP32 = 1e-5
@@ -50,13 +51,15 @@ def tiny_model(**overrides) -> MomentumGPTForCausalLM:
     return MomentumGPTForCausalLM(tiny_config(**overrides)).eval()
 
 
-def naive_momentum(values: torch.Tensor, eta, state=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference recurrence m_0 = s, m_{t+1} = eta * (m_t + v_t), in float64."""
+def naive_momentum(values: torch.Tensor, eta, state=None, document_starts=()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference recurrence m_0 = s, m_{t+1} = eta * (m_t + v_t), in float64; m restarts at 0 at document starts."""
     v = values.double()
     eta = torch.as_tensor(eta, dtype=torch.float64).reshape(-1)[None, :, None].expand(1, v.shape[1], 1)
     m = torch.zeros_like(v[:, :, 0]) if state is None else state.double()
     out = torch.empty_like(v)
     for t in range(v.shape[2]):
+        if t in document_starts:
+            m = torch.zeros_like(m)
         out[:, :, t] = m
         m = eta * (m + v[:, :, t])
     return out, m
@@ -89,6 +92,56 @@ def test_scan_per_head_eta_and_split_equals_whole():
     second, final2 = momentum_scan(values[:, :, 23:], eta, initial_state=state, chunk_size=7)
     torch.testing.assert_close(torch.cat([first, second], 2), whole, atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(final2, final, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("eta", [0.5, [0.1, 0.5, 0.9]])
+def test_scan_restarts_at_each_packed_document(eta):
+    torch.manual_seed(5)
+    values = torch.randn(2, 3, 40, 4, dtype=torch.float64)
+    state = torch.randn(2, 3, 4, dtype=torch.float64)
+    eta = torch.tensor(eta, dtype=torch.float64)
+    starts = {0: (9, 10, 31), 1: (17,)}  # row 0: four documents (one of a single token); row 1: two
+    sequence_ids = torch.zeros(2, 40, dtype=torch.long)
+    for row, row_starts in starts.items():
+        for start in row_starts:
+            sequence_ids[row, start:] += 1
+    got, final = momentum_scan(values, eta, initial_state=state, chunk_size=8, sequence_ids=sequence_ids)
+    for row, row_starts in starts.items():  # the first document continues the state, later ones start from 0
+        want, want_final = naive_momentum(values[row : row + 1], eta, state[row : row + 1], row_starts)
+        torch.testing.assert_close(got[row : row + 1], want, atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(final[row : row + 1], want_final, atol=1e-12, rtol=1e-12)
+
+
+def naive_masked_momentum(values: torch.Tensor, eta: float, allowed: torch.Tensor) -> torch.Tensor:
+    """Loop reference of m_t = sum_{i<t, allowed[t, i]} eta^(t-i) v_i, a query at the last key it may see."""
+    batch, heads, keys, dim = values.shape
+    queries = allowed.shape[2]
+    out = torch.zeros(batch, heads, queries, dim, dtype=torch.float64)
+    for b in range(batch):
+        for q in range(queries):
+            visible = allowed[b, 0, q].nonzero().flatten().tolist()
+            if not visible:
+                continue
+            t = max(visible)
+            for i in visible:
+                if i < t:
+                    out[b, :, q] += eta ** (t - i) * values[b, :, i].double()
+    return out
+
+
+def test_masked_momentum_follows_any_4d_mask():
+    torch.manual_seed(6)
+    values = torch.randn(2, 3, 12, 4, dtype=torch.float64)
+    # Row 0: 4 queries at positions 5..8 of a 12-slot static buffer (slots 9.. unwritten), 2 left-padding slots.
+    # Row 1: block-diagonal (two packed documents) over the same queries.
+    allowed = torch.zeros(2, 1, 4, 12, dtype=torch.bool)
+    for q, t in enumerate(range(5, 9)):
+        allowed[0, 0, q, 2 : t + 1] = True
+        allowed[1, 0, q, (7 if t >= 7 else 0) : t + 1] = True
+    want = naive_masked_momentum(values, 0.7, allowed)
+    torch.testing.assert_close(masked_momentum(values, 0.7, allowed), want, atol=1e-12, rtol=1e-12)
+    additive = torch.zeros(allowed.shape, dtype=torch.float64).masked_fill(~allowed, torch.finfo(torch.float64).min)
+    torch.testing.assert_close(masked_momentum(values, 0.7, allowed_keys(additive)), want, atol=1e-12, rtol=1e-12)
 
 
 @pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
@@ -204,6 +257,70 @@ def test_plain_dynamic_cache_recomputes_momentum():
     torch.testing.assert_close(torch.cat([first, *rest], 1), full, atol=ATOL_CACHE, rtol=0)
 
 
+def test_4d_and_dict_masks_equal_the_2d_mask():
+    """A caller's 4-D mask (additive or boolean) steers momentum like attention; a dict is generate()'s per-type masks."""
+    from transformers.masking_utils import create_causal_mask, create_masks_for_generate
+
+    model = tiny_model()
+    ids = torch.randint(3, 97, (2, 20))
+    mask = torch.ones_like(ids)
+    mask[1, :6] = 0
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    want = model(ids, attention_mask=mask).logits
+    embeds = model.model.embed_tokens(ids)
+    for implementation in ("eager", "sdpa"):  # additive float / boolean 4-D masks
+        model.config._attn_implementation = implementation
+        mask_4d = create_causal_mask(model.config, embeds, mask, **cache_kwargs(None), position_ids=position_ids)
+        got = model(ids, attention_mask=mask_4d, position_ids=position_ids).logits
+        torch.testing.assert_close(got[1, 6:], want[1, 6:], atol=ATOL_FP32, rtol=0)
+        torch.testing.assert_close(got[0], want[0], atol=ATOL_FP32, rtol=0)
+        masks = create_masks_for_generate(model.config, embeds, mask, **cache_kwargs(None), position_ids=position_ids)
+        assert set(masks) == {"full_attention", "linear_attention"}
+        got = model(ids, attention_mask=masks, position_ids=position_ids).logits
+        torch.testing.assert_close(got[1, 6:], want[1, 6:], atol=ATOL_FP32, rtol=0)
+
+
+def test_4d_mask_continues_the_cached_state():
+    """Prefill with a 4-D mask, decode with the carried state: equal to the full forward."""
+    from transformers.masking_utils import create_causal_mask
+
+    model = tiny_model()
+    ids = torch.randint(3, 97, (1, 24))
+    full = model(ids).logits
+    cache = DynamicCache(config=model.config)
+    embeds = model.model.embed_tokens(ids[:, :16])
+    mask_4d = create_causal_mask(model.config, embeds, torch.ones(1, 16, dtype=torch.long), **cache_kwargs(cache))
+    pieces = [model(ids[:, :16], attention_mask=mask_4d, **cache_kwargs(cache), use_cache=True).logits]
+    pieces += [model(ids[:, t : t + 1], **cache_kwargs(cache), use_cache=True).logits for t in range(16, 24)]
+    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=ATOL_CACHE, rtol=0)
+
+
+def test_missing_momentum_state_is_an_error_not_a_silent_restart():
+    """A cache whose keys/values came from elsewhere (here: an eta = 0 model) has no momentum state to continue."""
+    model = tiny_model()
+    cache = DynamicCache(config=model.config)
+    tiny_model(momentum_eta=0.0)(torch.randint(3, 97, (1, 10)), **cache_kwargs(cache), use_cache=True)
+    with pytest.raises(ValueError, match="holds 10 tokens but no momentum state"):
+        model(torch.randint(3, 97, (1, 1)), **cache_kwargs(cache), use_cache=True)
+
+
+def test_croppable_only_where_rollback_is_exact():
+    """The momentum state cannot roll back (`is_croppable` False); eta = 0 caches and state-less caches can."""
+    ids = torch.randint(3, 97, (1, 30))
+    model = tiny_model()
+    assert model._is_stateful and not output_cache(model(ids, use_cache=True)).is_croppable
+    plain = tiny_model(momentum_eta=0.0)
+    assert not plain._is_stateful and output_cache(plain(ids, use_cache=True)).is_croppable
+    # A `DynamicCache()` rescans its values: crop, then continue, equals the full forward.
+    full = model(ids).logits
+    cache = DynamicCache()
+    model(ids[:, :25], **cache_kwargs(cache), use_cache=True)
+    assert cache.is_croppable
+    cache.crop(-5)  # drop the last 5 tokens
+    rest = [model(ids[:, t : t + 1], **cache_kwargs(cache), use_cache=True).logits for t in range(20, 30)]
+    torch.testing.assert_close(torch.cat(rest, 1), full[:, 20:], atol=ATOL_CACHE, rtol=0)
+
+
 def test_generate_greedy_sampling_and_beam_search_cache_equals_no_cache():
     model = tiny_model()
     ids = torch.randint(3, 97, (2, 10))
@@ -276,12 +393,17 @@ def test_auto_classes_and_save_load_round_trip(tmp_path):
 
 
 def test_remote_code_load_without_the_plugin(tmp_path):
+    """A fresh process without the plugin loads the causal LM and, non-interactively, the classifier through the
+    checkpoint's own code (the classifier once asked to trust the same code a second time)."""
     model = tiny_model()
     model.save_pretrained(tmp_path / "ckpt")
     ids = torch.randint(3, 97, (2, 30))
-    save_file(
-        {"ids": ids, "logits": model(ids).logits.detach().contiguous()}, tmp_path / "expected.safetensors"
-    )
+    expected = {
+        "ids": ids,
+        "logits": model(ids).logits.detach().contiguous(),
+        "hidden": model.model(ids).last_hidden_state.detach().contiguous(),
+    }
+    save_file(expected, tmp_path / "expected.safetensors")
     script = textwrap.dedent(
         f"""
         import importlib.abc, sys
@@ -292,24 +414,38 @@ def test_remote_code_load_without_the_plugin(tmp_path):
         sys.meta_path.insert(0, HidePlugin())
         import torch
         from safetensors.torch import load_file
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
         try:
             import transformers_momentum
             raise SystemExit("plugin was importable")
         except ModuleNotFoundError:
             pass
-        model = AutoModelForCausalLM.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True).eval()
-        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        checkpoint = {str(tmp_path / "ckpt")!r}
         expected = load_file({str(tmp_path / "expected.safetensors")!r})
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         assert torch.equal(model(expected["ids"]).logits, expected["logits"])
-        print("REMOTE_OK", type(model).__name__)
+        classifier = AutoModelForSequenceClassification.from_pretrained(
+            checkpoint, trust_remote_code=True, num_labels=3
+        ).eval()
+        assert type(classifier.model).__module__.startswith("transformers_modules")
+        assert torch.equal(classifier.model(expected["ids"]).last_hidden_state, expected["hidden"])
+        assert classifier(expected["ids"]).logits.shape == (2, 3)
+        print("REMOTE_OK", type(model).__name__, type(classifier).__name__)
         """
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        stdin=subprocess.DEVNULL,  # non-interactive: a second trust prompt fails instead of waiting
     )
-    assert "REMOTE_OK MomentumGPTForCausalLM" in result.stdout, result.stderr[-3000:]
+    assert "REMOTE_OK MomentumGPTForCausalLM MomentumGPTForSequenceClassification" in result.stdout, (
+        result.stderr[-3000:]
+    )
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
@@ -332,6 +468,23 @@ def test_bf16_forward_tracks_fp32():
     low = model.to(torch.bfloat16)(ids).logits
     assert low.dtype == torch.bfloat16
     assert (low.float() - reference).abs().max() < 0.1
+
+
+SHIPPED = sorted((Path(__file__).parent.parent / "model_cards").glob("*-gpt-*/config.json"))
+
+
+@pytest.mark.parametrize("config_file", SHIPPED, ids=[path.parent.name for path in SHIPPED])
+def test_shipped_checkpoints_leave_decoding_to_the_caller(config_file):
+    """No sampling or length defaults (they would override callers' max_length and lm-eval's max_gen_toks), and the
+    cache layout follows eta: the vanilla twin gets plain attention layers, the momentum arm stateful ones."""
+    from transformers import GenerationConfig
+
+    folder = config_file.parent
+    overrides = {"do_sample", "top_k", "top_p", "temperature", "max_new_tokens", "max_length", "min_new_tokens"}
+    assert not overrides & set(json.loads((folder / "generation_config.json").read_text()))
+    assert not GenerationConfig.from_pretrained(folder).do_sample  # greedy unless the caller asks
+    config = AutoConfig.from_pretrained(folder)
+    assert set(config.layer_types) == ({"hybrid"} if config.momentum_eta > 0 else {"full_attention"})
 
 
 # ---------------------------------------------------------------------------------------------------- errors

@@ -122,3 +122,64 @@ def test_retrofit_survives_save_pretrained_and_rejects_bad_eta(tmp_path):
     model.save_pretrained(tmp_path)  # the runtime state is not in the config, so it serialises cleanly
     with pytest.raises(ValueError, match=r"eta must be in \[0, 1\)"):
         tm.apply_momentum_attention(build("llama"), 1.5)
+
+
+def left_padded_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    ids = torch.randint(3, VOCAB, (2, 12))
+    mask = torch.ones_like(ids)
+    ids[1, :5], mask[1, :5] = 0, 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_retrofit_static_cache_equals_dynamic(impl):
+    """The static buffer is longer than what was written: momentum sums only the values the mask lets a token see."""
+    model = build("llama", impl)
+    tm.apply_momentum_attention(model, 0.6)
+    ids, mask = left_padded_batch()
+    settings = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, output_logits=True)
+    for batch in ((ids, mask), (ids[:1], mask[:1])):  # padded, and unpadded (sdpa's mask-free prefill)
+        dynamic = model.generate(batch[0], attention_mask=batch[1], return_dict_in_generate=True, **settings)
+        static = model.generate(
+            batch[0], attention_mask=batch[1], cache_implementation="static", return_dict_in_generate=True, **settings
+        )
+        assert torch.equal(static.sequences, dynamic.sequences)
+        for step_static, step_dynamic in zip(static.logits, dynamic.logits, strict=True):
+            torch.testing.assert_close(step_static, step_dynamic, atol=1e-4, rtol=0)
+
+
+def test_retrofit_packed_documents_equal_separate_runs():
+    model = build("llama")
+    tm.apply_momentum_attention(model, 0.6)
+    torch.manual_seed(2)
+    documents = [torch.randint(3, VOCAB, (n,)) for n in (11, 20, 5)]
+    ids = torch.cat(documents)[None]
+    position_ids = torch.cat([torch.arange(len(doc)) for doc in documents])[None]
+    packed = model(ids, position_ids=position_ids, use_cache=False).logits[0]
+    separate = torch.cat([model(doc[None]).logits[0] for doc in documents])
+    torch.testing.assert_close(packed, separate, atol=1e-5, rtol=0)
+
+
+def test_retrofit_refuses_sliding_window_layers_and_unreadable_masks():
+    from transformers import MistralConfig
+
+    torch.manual_seed(0)
+    mistral = AutoModelForCausalLM.from_config(
+        MistralConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            sliding_window=8,
+        )
+    )
+    with pytest.raises(ValueError, match="sliding_attention layers"):
+        tm.apply_momentum_attention(mistral, 0.5)
+    assert tm.momentum_eta_of(mistral) is None
+    model = build("llama")
+    model.config._attn_implementation = "flex_attention"
+    with pytest.raises(ValueError, match="supports the eager and sdpa attention implementations"):
+        tm.apply_momentum_attention(model, 0.5)

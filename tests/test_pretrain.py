@@ -1,77 +1,71 @@
 """The pretraining recipe end to end on a 100 KB Gutenberg sample: tokenizer, packing, Trainer, resume, perplexity,
-model cards, CLI. Everything is tiny so the file runs in well under a minute on one CPU core."""
+seed statistics, model cards, CLI. Everything is tiny so the file runs in well under a minute on one CPU core.
+
+Cards render from a recorded run summary (``tests/data/shipped_checkpoint_runs.json``, the shipped checkpoints'
+runs) rather than from runs trained here; one real tiny run checks that real summaries hold what cards read.
+"""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import CORPUS_SAMPLE as TRAIN
+from conftest import CORPUS_VALID_SAMPLE as VALID
+from conftest import DATA
 from safetensors.torch import load_file
-from scipy import stats
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import transformers_momentum  # noqa: F401  (registers MomentumGPT)
-from transformers_momentum.hub import list_checkpoint_files
 from transformers_momentum.pretraining import (
-    PretrainArguments,
+    DataArguments,
+    ModelArguments,
     iter_documents,
-    mean_and_t_interval,
     pack_documents,
     perplexity_at_lengths,
     pretrain,
+    recipe_training_arguments,
+    render_card,
+    seed_interval,
     token_stream,
-    train_bpe_tokenizer,
 )
-from transformers_momentum.pretraining.card import (
-    build_checkpoint_folders,
-    checkpoint_name,
-    human_count,
-    verdict,
-)
+from transformers_momentum.pretraining.card import Interval, checkpoint_name, human_count, results_record, verdict
 
-DATA = Path(__file__).parent / "data"
-TRAIN, VALID = DATA / "corpus_sample.txt", DATA / "corpus_valid_sample.txt"
+RECORDED_RUNS = DATA / "shipped_checkpoint_runs.json"
 
 
-def tiny_args(output_dir: Path, **overrides) -> PretrainArguments:
-    values = dict(
-        train_files=[str(TRAIN)],
-        validation_files=[str(VALID)],
-        output_dir=str(output_dir),
-        vocab_size=300,
-        tokenizer_train_chars=40_000,
-        block_size=32,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        momentum_eta=0.5,
-        per_device_train_batch_size=4,
-        max_steps=16,
-        learning_rate=3e-3,
-        eval_steps=8,
-        save_steps=8,
-        logging_steps=2,
-        eval_blocks=8,
-        eval_lengths=[16, 32, 64],
-        num_threads=1,
-        disable_tqdm=True,
-    )
-    values.update(overrides)
-    return PretrainArguments(**values)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return train_bpe_tokenizer(list(iter_documents([TRAIN], 40_000)), vocab_size=300, model_max_length=32)
+def tiny_run(output_dir: Path, *, momentum_eta: float = 0.5, data: dict | None = None, **training):
+    """The three argument objects of a tiny run (2 layers of width 32, 32-token blocks, 16 steps)."""
+    model_args = ModelArguments(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, momentum_eta=momentum_eta)
+    data_args = DataArguments(
+        train_files=[str(TRAIN)], validation_files=[str(VALID)], vocab_size=300, tokenizer_train_chars=40_000,
+        block_size=32, eval_blocks=8, eval_lengths=[16, 32, 64], dataset_description="a Gutenberg sample",
+        **(data or {}),
+    )  # fmt: skip
+    training_args = recipe_training_arguments(
+        str(output_dir), per_device_train_batch_size=4, max_steps=16, learning_rate=3e-3, eval_steps=8,
+        save_steps=8, logging_steps=2, disable_tqdm=True, **training,
+    )  # fmt: skip
+    return model_args, data_args, training_args
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("run") / "eta0.5-seed0"
-    return out, pretrain(tiny_args(out))
+    return out, pretrain(*tiny_run(out))
+
+
+@pytest.fixture(scope="module")
+def recorded_runs() -> dict:
+    """The shipped checkpoints' run summaries, with the sweep keyed by eta."""
+    record = json.loads(RECORDED_RUNS.read_text())
+    record["sweep"] = {float(eta): run for eta, run in record["sweep"].items()}
+    return record
 
 
 def test_reading_corpora_respects_the_character_budget(tmp_path):
@@ -88,44 +82,34 @@ def test_reading_corpora_respects_the_character_budget(tmp_path):
         list(iter_documents([tmp_path / "missing.txt"]))
 
 
-def test_byte_level_tokenizer_round_trips_and_is_a_fast_tokenizer(tokenizer, tmp_path):
+def test_byte_level_tokenizer_round_trips_and_is_a_fast_tokenizer(corpus_tokenizer, tmp_path):
     text = "Ça alors — “quoted” text, naïve 12345 \n\n tabs\tand ünïcödé"
-    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text  # byte-level: nothing is unknown
-    assert len(tokenizer) == 300 and tokenizer.eos_token_id == 0 and tokenizer.pad_token_id == 0
-    tokenizer.save_pretrained(tmp_path)
+    assert corpus_tokenizer.decode(corpus_tokenizer(text)["input_ids"]) == text  # byte-level: nothing is unknown
+    assert len(corpus_tokenizer) == 300 and corpus_tokenizer.eos_token_id == 0 and corpus_tokenizer.pad_token_id == 0
+    corpus_tokenizer.save_pretrained(tmp_path)
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
-    assert reloaded.is_fast and reloaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert reloaded.is_fast and reloaded(text)["input_ids"] == corpus_tokenizer(text)["input_ids"]
 
 
-def test_packing_equals_slicing_the_token_stream(tokenizer):
+def test_packing_equals_slicing_the_token_stream(corpus_tokenizer):
     docs = list(iter_documents([TRAIN], 30_000)) + list(iter_documents([VALID], 20_000))
-    blocks = pack_documents(docs, tokenizer, block_size=32)
-    stream = token_stream(docs, tokenizer)
+    blocks = pack_documents(docs, corpus_tokenizer, block_size=32)
+    stream = token_stream(docs, corpus_tokenizer)
     flat = [token for block in blocks["input_ids"] for token in block]
     assert len(flat) == len(stream) - len(stream) % 32
     assert flat == stream[: len(flat)]
     assert blocks["labels"] == blocks["input_ids"]
-    assert stream.count(tokenizer.eos_token_id) == len(docs)  # exactly one separator per document
+    assert stream.count(corpus_tokenizer.eos_token_id) == len(docs)  # exactly one separator per document
     with pytest.raises(ValueError, match="fewer than block_size"):
-        pack_documents(["tiny"], tokenizer, block_size=64)
+        pack_documents(["tiny"], corpus_tokenizer, block_size=64)
 
 
-def test_perplexity_matches_the_models_own_loss(tokenizer):
-    from transformers_momentum import MomentumGPTConfig, MomentumGPTForCausalLM
-
-    torch.manual_seed(0)
-    model = MomentumGPTForCausalLM(
-        MomentumGPTConfig(
-            vocab_size=300,
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=32,
-            bos_token_id=0,
-            eos_token_id=0,
-        )
-    ).eval()
-    stream = token_stream(list(iter_documents([VALID], 8_000)), tokenizer)
+def test_perplexity_matches_the_models_own_loss(corpus_tokenizer, tiny_momentum_gpt):
+    model = tiny_momentum_gpt(
+        vocab_size=300, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=32,
+        bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    stream = token_stream(list(iter_documents([VALID], 8_000)), corpus_tokenizer)
     result = perplexity_at_lengths(model, stream, [16, 32, 64], batch_size=3)
     assert result[64] is None  # beyond the 32-position table: not evaluated on untrained positions
     for length in (16, 32):
@@ -135,12 +119,21 @@ def test_perplexity_matches_the_models_own_loss(tokenizer):
         assert result[length] == pytest.approx(math.exp(torch.stack(losses).mean().item()), rel=1e-5)
 
 
-def test_t_interval_matches_scipy():
-    values = [10.0, 11.0, 12.5, 9.5]
-    mean, half = mean_and_t_interval(values)
-    low, high = stats.t.interval(0.95, len(values) - 1, loc=mean, scale=stats.sem(values))
-    assert mean == pytest.approx(10.75) and half == pytest.approx((high - low) / 2, rel=1e-9)
-    assert mean_and_t_interval([3.0]) == (3.0, 0.0)
+def test_seed_intervals_match_the_hand_computed_t_interval():
+    # mean 10.75, sample sd sqrt(1.75), t(0.975, 3 df) = 3.182446305284263 (tables): half = t * sd / sqrt(4)
+    interval = seed_interval([10.0, 11.0, 12.5, 9.5])
+    assert interval.mean == pytest.approx(10.75) and interval.n == 4
+    assert interval.half_width == pytest.approx(3.182446305284263 * math.sqrt(1.75) / 2, rel=1e-12)
+    # Paired by seed: the interval of the per-seed differences (-6, -2, -17), t(0.975, 2 df) = 4.302652729911275.
+    paired = seed_interval([170.0, 190.0, 156.0], paired_with=[176.0, 192.0, 173.0])
+    differences = [-6.0, -2.0, -17.0]
+    sd = math.sqrt(sum((d + 25 / 3) ** 2 for d in differences) / 2)
+    assert paired.mean == pytest.approx(-25 / 3) and paired.half_width == pytest.approx(
+        4.302652729911275 * sd / math.sqrt(3), rel=1e-12
+    )
+    single = seed_interval([3.0])
+    assert single.mean == 3.0 and single.n == 1 and math.isnan(single.half_width) and str(single) == "3.00 (1 seed)"
+    assert seed_interval([55.0, 55.0, 55.0]) == Interval(55.0, 55.0, 55.0, 3)  # no spread, no warning
 
 
 def test_end_to_end_run_produces_a_loadable_checkpoint(trained_run):
@@ -150,22 +143,21 @@ def test_end_to_end_run_produces_a_loadable_checkpoint(trained_run):
     eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
     assert train_losses[-1] < train_losses[0] - 0.3  # it learns
     assert len(eval_losses) == 2 and all("eval_perplexity" in h for h in history if "eval_loss" in h)
-    assert summary["train_tokens_seen"] == 16 * 4 * 32 and summary["parameters"]["total"] > 0
+    assert summary["train_tokens_seen"] == 16 * 4 * 32 and summary["warmup_steps"] == 2  # 10% of 16, rounded up
+    # Parameters counted independently: tied lm_head once; Kaplan et al.'s non-embedding count excludes wte and wpe.
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    unique = {id(p): p.numel() for p in model.parameters()}
+    embeddings = model.model.embed_tokens.weight.numel() + model.model.embed_positions.weight.numel()
+    assert summary["parameters"] == {"total": sum(unique.values()), "non_embedding": sum(unique.values()) - embeddings}
     ppl = summary["validation_perplexity"]
     assert ppl["64"] is None and 1 < ppl["32"] < ppl["16"] < 300  # better than uniform over 300 tokens
     # What a Hub repo needs, safetensors only (no pickled training_args.bin next to the weights).
     names = {p.name for p in out.iterdir()}
-    assert {
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "generation_config.json",
-        "loss_curve.png",
-    } <= names
+    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "loss_curve.png"} <= names
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth"))]
+    assert {"checkpoint-8", "checkpoint-16"} <= names  # the Trainer's resume state, beside the final weights
     config = json.loads((out / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"].startswith("modeling_momentum_gpt")
-    model = AutoModelForCausalLM.from_pretrained(out).eval()
     tok = AutoTokenizer.from_pretrained(out)
     reference = perplexity_at_lengths(model, token_stream(list(iter_documents([VALID], 600_000)), tok), [32])
     assert reference[32] == pytest.approx(ppl["32"], rel=1e-5)  # the saved weights are the evaluated ones
@@ -176,119 +168,121 @@ def test_end_to_end_run_produces_a_loadable_checkpoint(trained_run):
 def test_resume_from_checkpoint_reproduces_an_uninterrupted_run(trained_run, tmp_path):
     reference_dir, _ = trained_run
     out = tmp_path / "resumed"
-    pretrain(tiny_args(out))
+    pretrain(*tiny_run(out))
     # Simulate a crash after step 8: drop the final weights and the last checkpoint, then resume.
-    import shutil
-
-    shutil.rmtree(out / "checkpoints" / "checkpoint-16")
+    shutil.rmtree(out / "checkpoint-16")
     (out / "model.safetensors").unlink()
-    summary = pretrain(tiny_args(out, resume_from_checkpoint="latest"))
+    summary = pretrain(*tiny_run(out, resume_from_checkpoint="latest"))
     steps = [h["step"] for h in summary["log_history"] if "loss" in h]
     assert min(steps) <= 8 and summary["global_step"] == 16
     resumed, reference = load_file(out / "model.safetensors"), load_file(reference_dir / "model.safetensors")
     for name, tensor in reference.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=1e-4, atol=1e-5)
     with pytest.raises(FileNotFoundError, match="not a checkpoint directory"):
-        pretrain(tiny_args(tmp_path / "x", resume_from_checkpoint=str(tmp_path / "nope")))
+        pretrain(*tiny_run(tmp_path / "x", resume_from_checkpoint=str(tmp_path / "nope")))
 
 
-def test_cli_pretrain(tmp_path, capsys):
+def test_cli_pretrain_takes_every_training_argument(tmp_path, capsys):
     from transformers_momentum.cli import main
 
     out = tmp_path / "cli"
     code = main(
-        ["pretrain", "--train-files", str(TRAIN), "--validation-files", str(VALID), "--output-dir", str(out)]
-        + [
-            "--vocab-size",
-            "280",
-            "--tokenizer-train-chars",
-            "20000",
-            "--block-size",
-            "16",
-            "--hidden-size",
-            "16",
-        ]
-        + ["--num-hidden-layers", "1", "--num-attention-heads", "2", "--max-steps", "4", "--eval-steps", "2"]
-        + [
-            "--save-steps",
-            "4",
-            "--eval-blocks",
-            "4",
-            "--eval-lengths",
-            "16",
-            "--momentum-eta",
-            "0",
-            "--disable-tqdm",
-        ]
+        ["pretrain", "--train_files", str(TRAIN), "--validation-files", str(VALID), "--output_dir", str(out)]
+        + ["--vocab_size", "280", "--tokenizer_train_chars", "20000", "--block_size", "16", "--hidden_size", "16"]
+        + ["--num_hidden_layers", "1", "--num_attention_heads", "2", "--max_steps", "4", "--eval_steps", "2"]
+        + ["--save_steps", "4", "--eval_blocks", "4", "--per_device_eval_batch_size", "2", "--eval_lengths", "16"]
+        + ["--momentum_eta", "0", "--learning_rate", "1e-3", "--adam_beta2", "0.95", "--disable_tqdm", "true"]
     )
     assert code == 0
     assert "validation perplexity by length: 16:" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
     assert config["momentum_eta"] == 0 and config["vocab_size"] == 280
+    training = json.loads((out / "training_summary.json").read_text())["training_arguments"]
+    # Flags given win; the recipe's defaults fill the rest (polynomial schedule, eps 1e-6, 10% warm-up).
+    assert (training["learning_rate"], training["adam_beta2"], training["adam_epsilon"]) == (1e-3, 0.95, 1e-6)
+    assert training["lr_scheduler_type"] == "polynomial" and training["warmup_steps"] == 0.1
+
+    assert main(["pretrain", "--train_files", str(TRAIN), "--validation_files", str(VALID), "--momentum_eta", "1.5"]) == 2
+    assert "momentum_eta must be in [0, 1)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse: unknown flag
+        main(["pretrain", "--train_files", str(TRAIN), "--validation_files", str(VALID), "--no_such_flag", "1"])
+    assert exit_info.value.code == 2
 
 
 def test_names_and_verdicts():
-    assert (
-        human_count(1_383_168) == "1.4M"
-        and human_count(1_638_400) == "1.6M"
-        and human_count(350_000_000) == "350M"
+    assert (human_count(1_383_168), human_count(1_638_400), human_count(350_000_000)) == ("1.4M", "1.6M", "350M")
+    assert checkpoint_name("momentum-gpt", {"parameters": {"total": 1_383_168}, "train_tokens_seen": 1_638_400}) == (
+        "momentum-gpt-1.4M-1.6M"
     )
-    assert checkpoint_name(
-        "momentum-gpt", {"parameters": {"total": 1_383_168}, "train_tokens_seen": 1_638_400}
-    ) == ("momentum-gpt-1.4M-1.6M")
-    assert verdict({"512": (-2.0, 1.0, 3)}, "512").startswith("Momentum helped")
-    assert verdict({"512": (2.0, 1.0, 3)}, "512").startswith("Momentum hurt")
-    assert verdict({"512": (0.5, 1.0, 3)}, "512").startswith("No significant difference")
+    assert verdict(Interval(-2.0, -3.0, -1.0, 3), "512").startswith("Momentum helped")
+    assert verdict(Interval(2.0, 1.0, 3.0, 3), "512").startswith("Momentum hurt")
+    assert verdict(Interval(0.5, -0.5, 1.5, 3), "512").startswith("No significant difference")
+    assert verdict(Interval(0.5, math.nan, math.nan, 1), "512").startswith("Only 1 paired seed")
 
 
-def test_model_card_folders_from_matched_runs(tmp_path):
-    runs = tmp_path / "runs"
-    tok = train_bpe_tokenizer(list(iter_documents([TRAIN], 20_000)), vocab_size=280, model_max_length=16)
-    tok.save_pretrained(runs / "tokenizer")
-    small = dict(
-        tokenizer=str(runs / "tokenizer"), block_size=16, hidden_size=16, num_hidden_layers=1, max_steps=4,
-        eval_steps=2, save_steps=4, eval_blocks=4, eval_lengths=[8, 16, 32], max_train_chars=20_000,
+def _render(record: dict, arm: str = "momentum", namespace: str = "transformers-momentum"):
+    names = {"momentum": "momentum-gpt-1.4M-1.6M", "vanilla": "vanilla-gpt-1.4M-1.6M"}
+    twin = names["vanilla" if arm == "momentum" else "momentum"]
+    return render_card(
+        record["arms"], own_arm=arm, repo_id=f"{namespace}/{names[arm]}", twin_repo_id=f"{namespace}/{twin}",
+        sweep=record["sweep"], license=record["license"], command=record["command"], icl_results=record["icl"],
     )  # fmt: skip
-    for eta, seed in [(0.5, 0), (0.9, 0), (0.0, 0), (0.5, 1), (0.0, 1)]:
-        pretrain(tiny_args(runs / f"eta{eta:g}-seed{seed}", momentum_eta=eta, seed=seed, **small))
-    folders = build_checkpoint_folders(
-        runs_dir=runs, momentum_eta=0.5, sweep_etas=[0.5, 0.9], seeds=2, cards_dir=tmp_path / "cards",
-        dataset_description="gutenberg-sample", command="pytest",
-    )  # fmt: skip
+
+
+def test_card_states_what_the_run_summaries_say(recorded_runs):
     from huggingface_hub import ModelCard
 
-    momentum_dir, vanilla_dir = folders
-    assert momentum_dir.name.startswith("momentum-gpt-") and vanilla_dir.name.startswith("vanilla-gpt-")
-    assert momentum_dir.name.split("-", 2)[2] == vanilla_dir.name.split("-", 2)[2]  # same size and tokens
-    for folder in folders:
-        list_checkpoint_files(folder)  # publishable (raises otherwise)
-        card = ModelCard.load(folder / "README.md")
-        assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
-        metrics = {r.metric_name: r.metric_value for r in card.data.eval_results}
-        assert set(metrics) == {"Perplexity (input length 8)", "Perplexity (input length 16)"}
-        for heading in (
-            "## Install and use",
-            "### Seeds",
-            "### eta sweep",
-            "## Training details",
-            "## Limitations",
-        ):
-            assert heading in card.text
-        assert "n/a (beyond the position table)" in card.text  # length 32 > 16 positions
-        assert (folder / "loss_curve.png").stat().st_size > 1000
-        # The card's usage snippet, on the local folder.
-        model = AutoModelForCausalLM.from_pretrained(folder)
-        tok = AutoTokenizer.from_pretrained(folder)
-        out = model.generate(**tok("It was", return_tensors="pt"), max_new_tokens=4)
-        assert out.shape[1] > 1
-    assert card.data.to_dict()["twin_model"].endswith(momentum_dir.name)
-    results = json.loads((momentum_dir / "results.json").read_text())
-    assert set(results["validation_perplexity"]["momentum"]) == {"0", "1"}
-    assert json.loads((momentum_dir / "config.json").read_text())["momentum_eta"] == 0.5
-    assert json.loads((vanilla_dir / "config.json").read_text())["momentum_eta"] == 0
+    card = ModelCard(str(_render(recorded_runs)))  # through the Hub's own parser
+    published = recorded_runs["arms"]["momentum"][0]
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
+    assert card.data.language == "en" and card.data.datasets == ["gutenberg_rcdm-uga"]
+    metrics = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert metrics == {
+        f"Perplexity (input length {length})": round(value, 3)
+        for length, value in published["validation_perplexity"].items()
+        if value is not None
+    }
+    for heading in ("## Install and use", "### Seeds", "### eta sweep", "## Training details", "## Limitations"):
+        assert heading in card.text
+    assert "n/a (beyond the position table)" in card.text  # length 1024 > 512 positions
+    assert "| Parameters | 1,383,168 (793,344 non-embedding) |" in card.text
+    assert "1 process x 1 torch thread on cpu (2-core machine)" in card.text
+    assert "95% CI -27.61 to +10.18, 3 seeds" in card.text  # the paired interval of the shipped runs
+
+    # Another run elsewhere: the hardware and corpus text follow its summary, the links follow the repo ids.
+    elsewhere = copy.deepcopy(recorded_runs)
+    for run in elsewhere["arms"]["momentum"] + elsewhere["arms"]["vanilla"]:
+        run["environment"].update(device="cuda", device_name="NVIDIA H100", processes=8, torch_threads=4, cpu_count=64)
+        run["data_arguments"].update(dataset_name="my-corpus", dataset_description="news articles from 2020")
+        run["train_seconds"] = 100.0
+    text = _render(elsewhere, arm="vanilla", namespace="someone-else").text
+    assert "8 processes x 4 torch threads on NVIDIA H100 (64-core machine)" in text
+    assert "news articles from 2020" in text and "`my-corpus`" in text
+    assert "Gutenberg" not in text and "CPU thread" not in text and "shared" not in text
+    assert "transformers-momentum/" not in text  # no link into the shipped checkpoints' organization
+    assert "[`someone-else/momentum-gpt-1.4M-1.6M`](https://huggingface.co/someone-else/momentum-gpt-1.4M-1.6M)" in text
+    assert 'from_pretrained("someone-else/vanilla-gpt-1.4M-1.6M")' in text
 
 
-def test_icl_accuracy_follows_the_label_log_probabilities(tokenizer):
+def test_a_real_run_summary_holds_everything_the_card_reads(trained_run, recorded_runs):
+    _, summary = trained_run
+
+    def assert_keys_within(recorded, real, where="summary"):
+        for key, value in recorded.items():
+            assert key in real, f"{where}.{key} is in the recorded summary but not in a real one"
+            if isinstance(value, dict) and value:
+                assert_keys_within(value, real[key], f"{where}.{key}")
+
+    assert_keys_within(recorded_runs["arms"]["momentum"][0], summary)
+    vanilla = copy.deepcopy(summary)
+    vanilla["model_config"]["momentum_eta"] = 0.0
+    card = render_card({"momentum": [summary], "vanilla": [vanilla]}, own_arm="momentum", repo_id="me/m", twin_repo_id="me/v")
+    assert "Only 1 paired seed" in card.text and "a Gutenberg sample" in card.text
+    assert f"({summary['environment']['cpu_count']}-core machine)" in card.text
+
+
+def test_icl_accuracy_follows_the_label_log_probabilities(corpus_tokenizer):
+    tokenizer = corpus_tokenizer
     from types import SimpleNamespace
 
     from transformers_momentum.analysis import PromptLayout, get_task, load_task_data
@@ -304,11 +298,11 @@ def test_icl_accuracy_follows_the_label_log_probabilities(tokenizer):
 
         config = SimpleNamespace(max_position_embeddings=200)
 
-        def forward(self, input_ids):
+        def forward(self, input_ids, **kwargs):  # the ICL scorer also passes masks and cache arguments
             logits = torch.zeros(*input_ids.shape, len(tokenizer))
             logits[..., sorted(set(layout.label_ids[1]))] = 20.0
             assert input_ids.shape[1] <= 200  # demos are dropped rather than overflowing the position table
-            return SimpleNamespace(logits=logits)
+            return SimpleNamespace(logits=logits, cache=None, past_key_values=None)  # no cache: contexts re-run
 
     result = icl_accuracy(PrefersLabelOne(), tokenizer, "sst2", k=4, n_eval=12, seeds=(1, 2))
     labels = [int(r["label"]) for r in load_task_data(task).eval.shuffle(seed=1).select(range(12))]

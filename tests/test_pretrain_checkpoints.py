@@ -1,4 +1,7 @@
-"""The checkpoints shipped in model_cards/: publishable, loadable offline, and consistent with their cards."""
+"""The checkpoints shipped in model_cards/: publishable, loadable offline, and consistent with their cards.
+
+model_cards/ lives in the repository, not in the sdist (12 MB of weights): from an unpacked sdist these tests skip.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,9 @@ from transformers_momentum.pretraining import perplexity_at_lengths, token_strea
 CARDS = Path(__file__).resolve().parent.parent / "model_cards"
 FOLDERS = sorted(p for p in CARDS.iterdir() if (p / "config.json").is_file()) if CARDS.is_dir() else []
 VALID = Path(__file__).parent / "data" / "corpus_valid_sample.txt"
+RECORDED_RUNS = Path(__file__).parent / "data" / "shipped_checkpoint_runs.json"
+
+pytestmark = pytest.mark.skipif(not CARDS.is_dir(), reason="model_cards/ is not part of the sdist")
 
 
 def test_every_momentum_checkpoint_has_its_vanilla_twin():
@@ -64,3 +70,42 @@ def test_shipped_checkpoint_loads_offline_and_matches_its_card(folder):
         **tokenizer("It was a dark and stormy night", return_tensors="pt"), max_new_tokens=8
     )
     assert generated.shape[1] > 8
+
+
+def test_shipped_cards_are_the_template_rendered_from_their_runs():
+    """The cards are regenerated, not hand-edited: the template over the recorded runs gives them byte for byte,
+    and the recorded runs give the shipped results.json (computed by the earlier statistics code)."""
+    from transformers_momentum.pretraining.card import render_card, results_record
+
+    record = json.loads(RECORDED_RUNS.read_text())
+    sweep = {float(eta): run for eta, run in record["sweep"].items()}
+    names = {"momentum": "momentum-gpt-1.4M-1.6M", "vanilla": "vanilla-gpt-1.4M-1.6M"}
+    for arm, name in names.items():
+        twin = names["vanilla" if arm == "momentum" else "momentum"]
+        card = render_card(
+            record["arms"], own_arm=arm, repo_id=f"{record['hub_namespace']}/{name}",
+            twin_repo_id=f"{record['hub_namespace']}/{twin}", sweep=sweep, license=record["license"],
+            command=record["command"], icl_results=record["icl"],
+        )  # fmt: skip
+        assert str(card) == (CARDS / name / "README.md").read_text(), f"{name}/README.md differs from the template"
+
+        shipped = json.loads((CARDS / name / "results.json").read_text())
+        recomputed = results_record(
+            record["arms"], own_arm=arm, name=name, twin_name=twin, sweep=sweep, icl_results=record["icl"]
+        )
+        assert _close(recomputed, shipped)
+
+
+def _close(actual, expected) -> bool:
+    """Equal JSON trees, floats within 1e-12 relative (scipy and the earlier hand-written t-interval differ in ulps)."""
+    if isinstance(expected, dict):
+        assert set(actual) == set(expected)
+        return all(_close(actual[key], expected[key]) for key in expected)
+    if isinstance(expected, list):
+        assert len(actual) == len(expected)
+        return all(_close(a, e) for a, e in zip(actual, expected))
+    if isinstance(expected, float):
+        assert actual == pytest.approx(expected, rel=1e-12)
+        return True
+    assert actual == expected
+    return True

@@ -1,307 +1,554 @@
-"""Per-architecture knowledge, in one table: where the decoder blocks, attention, K/V projections and final norm are.
+"""Per-architecture knowledge, in one table: where a causal LM's attention layers, key/value projections, query
+projection and final norm are, and which output rows of a projection are keys and values.
 
-The K/V tuner, the analyzer's controls (untrained model, layer-causal finetuning) and the probe all read this table
-instead of growing their own if-chains. Models missing from it are detected automatically where possible (decoder
-blocks in a ModuleList, separate key/value projections by common names); when that fails the error says what was
-looked for and how to name the modules explicitly.
+Everything in the plugin that touches a model's attention reads this module: the K/V tuner
+(`transformers_momentum.kv_tuning`), the analyzer's probe and controls (`transformers_momentum.analysis`). Paths are
+relative to the model's *text decoder*: the `PreTrainedModel` that holds the text config (`LlamaModel` inside
+`LlamaForCausalLM`, `Gemma3TextModel` inside `Gemma3ForConditionalGeneration`), so multimodal wrappers need no entry
+of their own.
 
-Fused QKV projections put K and V rows at architecture-specific output positions. `FUSED_LAYOUTS` maps a layout
-name to a function returning those row indices, so supporting a new fused model is one table line.
+`ARCHITECTURES` holds only what cannot be read off the model. Every other model is detected from data: its attention
+modules are the ones whose `forward` dispatches through transformers' attention interface (so they compute softmax
+attention, whatever the implementation), found inside the decoder's block list; their key/value projections have one
+of the conventional names (`k_proj`/`v_proj`, `key`/`value`, ...) or DeepSeek's multi-head latent attention names.
+Hybrid models (Jamba, Qwen3-Next, LFM2, ...) are handled the same way: the blocks whose attention path holds the
+projections are the attention layers; the others (state-space, linear-attention, convolution blocks) are not touched.
+
+What "the keys and values" are (Dai et al. 2023, §2.2: W_K and W_V map each token's representation to its key and
+value):
+
+* separate projections (`k_proj`, `v_proj`): every output row;
+* fused projections (GPT-2's `c_attn`, GPT-NeoX's `query_key_value`, ...): the K and V rows only, per `ROW_LAYOUTS`;
+  the query rows are not keys or values and are never touched;
+* multi-head latent attention (DeepSeek-V2/V3, MiniCPM3, ...): keys are ``[W_UK c ; RoPE(W_KR x)]`` and values
+  ``W_UV c`` with the compressed latent ``c = norm(W_DKV x)``. K/V means the up-projection ``kv_b_proj`` (W_UK, W_UV:
+  all its rows) plus the rotary-key rows W_KR of ``kv_a_proj_with_mqa``; the shared compression W_DKV (the latent rows
+  of that projection) feeds keys and values alike, like the layer input itself, and is not trained.
 """
 
+from __future__ import annotations
+
+import inspect
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+# ------------------------------------------------------------------------------------------------ row layouts
+
+
+def attention_geometry(attention: nn.Module, config) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head dim) of one attention module, from its own attributes where it has them
+    (per-layer geometry, multi-query flags) and from the text config otherwise."""
+
+    def first(owner, *names):
+        for name in names:
+            value = getattr(owner, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return None
+
+    heads = first(attention, "num_heads", "num_attention_heads", "n_heads", "n_head")
+    heads = heads or first(config, "num_attention_heads", "n_head", "num_heads")
+    kv_heads = first(attention, "num_key_value_heads", "num_kv_heads", "kv_heads", "n_kv_heads")
+    if kv_heads is None and first(attention, "num_key_value_groups"):
+        kv_heads = heads // attention.num_key_value_groups
+    kv_heads = kv_heads or first(config, "num_key_value_heads", "num_kv_heads") or heads
+    head_dim = first(attention, "head_dim", "head_size", "attention_head_size") or first(config, "head_dim")
+    head_dim = head_dim or first(config, "hidden_size", "n_embd", "d_model") // heads
+    return heads, kv_heads, head_dim
+
+
+Rows = dict[str, torch.Tensor | None]  # role ("k", "k_rope", "v") -> output rows (None: every row)
+
+
+def _key(attention, config) -> Rows:
+    return {"k": None}
+
+
+def _value(attention, config) -> Rows:
+    return {"v": None}
+
+
+def _qkv(attention, config) -> Rows:
+    """[Q (heads·d) | K (kv·d) | V (kv·d)]: GPT-2 `c_attn`, Phi-3 `qkv_proj`, MPT `Wqkv`, StarCoder's multi-query."""
+    heads, kv_heads, head_dim = attention_geometry(attention, config)
+    q, kv = heads * head_dim, kv_heads * head_dim
+    return {"k": torch.arange(q, q + kv), "v": torch.arange(q + kv, q + 2 * kv)}
+
+
+def _kv(attention, config) -> Rows:
+    """[K | V]: JetMoE's `kv_proj` (its queries come from a mixture of experts)."""
+    _, kv_heads, head_dim = attention_geometry(attention, config)
+    kv = kv_heads * head_dim
+    return {"k": torch.arange(kv), "v": torch.arange(kv, 2 * kv)}
+
+
+def _per_head_qkv(attention, config) -> Rows:
+    """Per head [q_h | k_h | v_h]: GPT-NeoX / Pythia, Bloom, Persimmon, classic Falcon."""
+    heads, _, head_dim = attention_geometry(attention, config)
+    starts = torch.arange(heads)[:, None] * 3 * head_dim + torch.arange(head_dim)[None, :]
+    return {"k": (starts + head_dim).reshape(-1), "v": (starts + 2 * head_dim).reshape(-1)}
+
+
+def _grouped_qkv(heads: int, kv_heads: int, head_dim: int) -> Rows:
+    """Per key/value group [q ... q | k | v] (Falcon's new decoder architecture)."""
+    group = heads // kv_heads + 2  # the group's query heads, then one key and one value head
+    starts = torch.arange(kv_heads)[:, None] * group * head_dim + torch.arange(head_dim)[None, :]
+    return {
+        "k": (starts + (group - 2) * head_dim).reshape(-1),
+        "v": (starts + (group - 1) * head_dim).reshape(-1),
+    }
+
+
+def _falcon(attention, config) -> Rows:
+    heads, kv_heads, head_dim = attention_geometry(attention, config)
+    if getattr(config, "new_decoder_architecture", False):
+        return _grouped_qkv(heads, kv_heads, head_dim)
+    if getattr(config, "multi_query", False):  # one key and one value head: [Q | k | v]
+        return {
+            "k": torch.arange(heads * head_dim, (heads + 1) * head_dim),
+            "v": torch.arange((heads + 1) * head_dim, (heads + 2) * head_dim),
+        }
+    return _per_head_qkv(attention, config)
+
+
+def _codegen(attention, config) -> Rows:
+    """CodeGen's `qkv_proj` in model-parallel order: `mp_num` shards of [q | v | k] (note: v before k), each holding
+    heads/mp_num heads. K rows are listed shard by shard, which is the model's head order."""
+    heads, _, head_dim = attention_geometry(attention, config)
+    shards = getattr(attention, "mp_num", 4)
+    local = heads * head_dim // shards
+    starts = torch.arange(shards)[:, None] * 3 * local + torch.arange(local)[None, :]
+    return {"k": (starts + 2 * local).reshape(-1), "v": (starts + local).reshape(-1)}
+
+
+def _latent_kv(attention, config) -> Rows:
+    """MLA up-projection `kv_b_proj`: per head [k_nope (qk_nope_head_dim) | v (v_head_dim)], all rows K or V."""
+    heads = attention_geometry(attention, config)[0]
+    nope = getattr(attention, "qk_nope_head_dim", None) or config.qk_nope_head_dim
+    value = getattr(attention, "v_head_dim", None) or config.v_head_dim
+    starts = torch.arange(heads)[:, None] * (nope + value)
+    k = (starts + torch.arange(nope)[None, :]).reshape(-1)
+    v = (starts + nope + torch.arange(value)[None, :]).reshape(-1)
+    return {"k": k, "v": v}
+
+
+def _latent_rope_key(attention, config) -> Rows:
+    """MLA `kv_a_proj_with_mqa`: [latent c (kv_lora_rank) | rotary key (qk_rope_head_dim)]; only the rotary key."""
+    rank = getattr(attention, "kv_lora_rank", None) or config.kv_lora_rank
+    rope = getattr(attention, "qk_rope_head_dim", None) or config.qk_rope_head_dim
+    return {"k_rope": torch.arange(rank, rank + rope)}
+
+
+ROW_LAYOUTS: dict[str, Callable[[nn.Module, object], Rows]] = {
+    "key": _key,
+    "value": _value,
+    "qkv": _qkv,
+    "kv": _kv,
+    "per_head_qkv": _per_head_qkv,
+    "falcon": _falcon,
+    "codegen": _codegen,
+    "latent_kv": _latent_kv,
+    "latent_rope_key": _latent_rope_key,
+}
+
+
+def kv_rows(layout: str, attention: nn.Module, config) -> Rows:
+    """Output rows of a projection with row layout `layout` that are keys and values, as long tensors per role."""
+    if layout not in ROW_LAYOUTS:
+        raise ValueError(f"Unknown row layout {layout!r}; known: {sorted(ROW_LAYOUTS)}.")
+    return ROW_LAYOUTS[layout](attention, config)
+
+
+# ------------------------------------------------------------------------------------------------ data types
+
+
+@dataclass(frozen=True)
+class KVProjection:
+    """One projection inside an attention module that produces keys and/or values.
+
+    `name` is its path inside the attention module, `layout` a key of `ROW_LAYOUTS` saying which output rows are
+    keys ("k", "k_rope") and values ("v").
+    """
+
+    name: str
+    layout: str
+
+    def __post_init__(self):
+        if self.layout not in ROW_LAYOUTS:
+            raise ValueError(f"Unknown row layout {self.layout!r}; known: {sorted(ROW_LAYOUTS)}.")
+
 
 @dataclass(frozen=True)
 class KVLayout:
-    """Where the key and value projections of one attention module live.
+    """The projections of one attention module that produce its keys and values."""
 
-    Either `key` and `value` name separate projections (attributes of the attention module), or `fused` names one
-    projection producing Q, K and V, with `fused_layout` (a key of `FUSED_LAYOUTS`) giving the order of its outputs.
-    """
+    projections: tuple[KVProjection, ...]
 
-    key: str | None = None
-    value: str | None = None
-    fused: str | None = None
-    fused_layout: str | None = None
+    @classmethod
+    def separate(cls, key: str = "k_proj", value: str = "v_proj") -> KVLayout:
+        return cls((KVProjection(key, "key"), KVProjection(value, "value")))
 
-    def __post_init__(self):
-        separate = self.key is not None and self.value is not None
-        fused = self.fused is not None and self.fused_layout is not None
-        if separate == fused:
-            raise ValueError(
-                "A KVLayout names either separate key/value projections (key=..., value=...) or one fused projection "
-                f"with its layout (fused=..., fused_layout=...); got {self}."
-            )
-        if self.fused_layout is not None and self.fused_layout not in FUSED_LAYOUTS:
-            raise ValueError(f"Unknown fused_layout {self.fused_layout!r}; known: {sorted(FUSED_LAYOUTS)}.")
+    @classmethod
+    def fused_projection(cls, name: str, layout: str) -> KVLayout:
+        return cls((KVProjection(name, layout),))
 
     @property
     def module_names(self) -> tuple[str, ...]:
-        return (self.fused,) if self.fused is not None else (self.key, self.value)
+        return tuple(p.name for p in self.projections)
+
+    @property
+    def is_separate(self) -> bool:
+        """Keys and values come from two projections of the layer input that hold nothing else."""
+        return [p.layout for p in self.projections] == ["key", "value"]
+
+    @property
+    def key(self) -> str | None:
+        """The key projection's name when keys and values are separate projections (else None)."""
+        return self.projections[0].name if self.is_separate else None
+
+    @property
+    def value(self) -> str | None:
+        return self.projections[1].name if self.is_separate else None
+
+    @property
+    def fused(self) -> str | None:
+        """The projection holding K and V rows among others (None when they are separate projections)."""
+        return None if self.is_separate else self.projections[0].name
+
+    @property
+    def fused_layout(self) -> str | None:
+        return None if self.is_separate else self.projections[0].layout
+
+
+SEPARATE_KV = KVLayout.separate()
+LATENT_KV = KVLayout(
+    (KVProjection("kv_b_proj", "latent_kv"), KVProjection("kv_a_proj_with_mqa", "latent_rope_key"))
+)
 
 
 @dataclass(frozen=True)
 class ArchitectureSpec:
-    """Dotted paths from a `*ForCausalLM` object to the parts the plugin needs."""
+    """Where the parts the plugin needs are, as dotted paths from the model's text decoder.
 
-    layers: str  # the nn.ModuleList of decoder blocks
-    attention: str  # attribute of one block holding its attention module
-    final_norm: str  # the norm applied before the LM head
-    kv: KVLayout
+    layers: the `nn.ModuleList` of decoder blocks.
+    attention: path inside a block to its softmax-attention module; blocks where it is absent, or holds no K/V
+        projection (the recurrent blocks of a hybrid), are not attention layers.
+    kv: the key/value projections inside the attention module.
+    query: the query projection inside the attention module, before any rotary embedding (None when queries come
+        out of a fused projection or a mixture of experts); several names are tried in order, separated by "|".
+    final_norm: the norm applied to the last block's output before the LM head (None for post-norm models).
+    plain_scores: the attention scores are (query projection · scaling)(key projection)ᵀ + mask, with no rotary
+        embedding or positional bias, so exact pre-softmax scores can be rebuilt from attention probabilities.
+    """
 
-
-# ------------------------------------------------------------------------------------------------ fused layouts
-
-
-def _heads(config) -> tuple[int, int, int]:
-    """(query heads, key/value heads, head dim) from a transformers config."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    n_heads = text.num_attention_heads
-    n_kv = getattr(text, "num_key_value_heads", None) or getattr(text, "num_kv_heads", None) or n_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // n_heads
-    return n_heads, n_kv, head_dim
-
-
-def _contiguous_qkv(config) -> tuple[torch.Tensor, torch.Tensor]:
-    """[Q (heads*d) | K (kv*d) | V (kv*d)]: GPT-2 `c_attn`, Phi-3 `qkv_proj` (GQA), Falcon multi-query."""
-    n_heads, n_kv, head_dim = _heads(config)
-    q, kv = n_heads * head_dim, n_kv * head_dim
-    return torch.arange(q, q + kv), torch.arange(q + kv, q + 2 * kv)
-
-
-def _per_head_qkv(config) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per head [q_h | k_h | v_h] blocks: GPT-NeoX / Pythia and Bloom `query_key_value`, classic Falcon."""
-    n_heads, _, head_dim = _heads(config)
-    starts = torch.arange(n_heads)[:, None] * 3 * head_dim + torch.arange(head_dim)[None, :]
-    return (starts + head_dim).reshape(-1), (starts + 2 * head_dim).reshape(-1)
-
-
-def _grouped_qkv(config) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per key/value group [q ... q | k | v] (Falcon's new decoder architecture)."""
-    n_heads, n_kv, head_dim = _heads(config)
-    group = n_heads // n_kv + 2  # query heads of the group, then one key and one value head
-    starts = torch.arange(n_kv)[:, None] * group * head_dim + torch.arange(head_dim)[None, :]
-    return (starts + (group - 2) * head_dim).reshape(-1), (starts + (group - 1) * head_dim).reshape(-1)
-
-
-def _falcon(config) -> tuple[torch.Tensor, torch.Tensor]:
-    if getattr(config, "new_decoder_architecture", False):
-        return _grouped_qkv(config)
-    if getattr(config, "multi_query", False):
-        return _contiguous_qkv(_MultiQueryView(config))
-    return _per_head_qkv(config)
-
-
-class _MultiQueryView:
-    """Falcon multi-query: one key and one value head whatever num_kv_heads says."""
-
-    def __init__(self, config):
-        self.num_attention_heads = config.num_attention_heads
-        self.num_key_value_heads = 1
-        self.hidden_size = config.hidden_size
-
-
-FUSED_LAYOUTS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
-    "contiguous_qkv": _contiguous_qkv,
-    "per_head_qkv": _per_head_qkv,
-    "grouped_qkv": _grouped_qkv,
-    "falcon": _falcon,
-}
-
-
-def fused_kv_rows(layout: str, config) -> tuple[torch.Tensor, torch.Tensor]:
-    """Output rows (features) of a fused projection that are K and V, as long tensors."""
-    if layout not in FUSED_LAYOUTS:
-        raise ValueError(f"Unknown fused layout {layout!r}; known: {sorted(FUSED_LAYOUTS)}.")
-    return FUSED_LAYOUTS[layout](config)
+    kv: KVLayout = SEPARATE_KV
+    query: str | None = "q_proj"
+    attention: str = "self_attn"
+    layers: str = "layers"
+    final_norm: str | None = "norm"
+    plain_scores: bool = False
+    detected: bool = field(default=False, compare=False)  # found by detection rather than read from the table
 
 
 # ------------------------------------------------------------------------------------------------ the table
 
-_SEPARATE = KVLayout(key="k_proj", value="v_proj")
-_LLAMA_LIKE = ArchitectureSpec("model.layers", "self_attn", "model.norm", _SEPARATE)
 
+def _fused(name: str, layout: str, **paths) -> ArchitectureSpec:
+    return ArchitectureSpec(KVLayout.fused_projection(name, layout), query=None, **paths)
+
+
+# Keyed by `config.model_type`. Only what automatic detection cannot find: attention outside the attention
+# interface, fused projections (their row order is not in the weights), unconventional paths.
 ARCHITECTURES: dict[str, ArchitectureSpec] = {
-    "llama": _LLAMA_LIKE,
-    "mistral": _LLAMA_LIKE,
-    "mixtral": _LLAMA_LIKE,
-    "qwen2": _LLAMA_LIKE,
-    "qwen3": _LLAMA_LIKE,  # k_norm (qk-norm) comes after k_proj and is not part of "the key projection"
-    "gemma": _LLAMA_LIKE,
-    "gemma2": _LLAMA_LIKE,
-    "gemma3_text": _LLAMA_LIKE,
-    "olmo": _LLAMA_LIKE,
-    "olmo2": _LLAMA_LIKE,
-    "smollm3": _LLAMA_LIKE,
-    "opt": ArchitectureSpec("model.decoder.layers", "self_attn", "model.decoder.final_layer_norm", _SEPARATE),
-    "gpt2": ArchitectureSpec(
-        "transformer.h", "attn", "transformer.ln_f", KVLayout(fused="c_attn", fused_layout="contiguous_qkv")
+    # fused query/key/value projections
+    "gpt2": _fused("c_attn", "qkv", layers="h", attention="attn", final_norm="ln_f"),
+    "gpt_bigcode": _fused("c_attn", "qkv", layers="h", attention="attn", final_norm="ln_f"),
+    "openai-gpt": _fused("c_attn", "qkv", layers="h", attention="attn", final_norm=None),
+    "mpt": _fused("Wqkv", "qkv", layers="blocks", attention="attn", final_norm="norm_f"),
+    "phi3": _fused("qkv_proj", "qkv"),
+    "phi4_multimodal": _fused("qkv_proj", "qkv"),
+    "jetmoe": _fused("kv_proj", "kv", attention="self_attention"),
+    "gpt_neox": _fused(
+        "query_key_value", "per_head_qkv", attention="attention", final_norm="final_layer_norm"
     ),
-    "gpt_neox": ArchitectureSpec(
-        "gpt_neox.layers",
-        "attention",
-        "gpt_neox.final_layer_norm",
-        KVLayout(fused="query_key_value", fused_layout="per_head_qkv"),
+    "gpt_neox_japanese": _fused(
+        "query_key_value", "per_head_qkv", attention="attention", final_norm="final_layer_norm"
     ),
-    "bloom": ArchitectureSpec(
-        "transformer.h",
-        "self_attention",
-        "transformer.ln_f",
-        KVLayout(fused="query_key_value", fused_layout="per_head_qkv"),
+    "persimmon": _fused("query_key_value", "per_head_qkv", final_norm="final_layernorm"),
+    "bloom": _fused(
+        "query_key_value", "per_head_qkv", layers="h", attention="self_attention", final_norm="ln_f"
     ),
-    "phi3": ArchitectureSpec(
-        "model.layers", "self_attn", "model.norm", KVLayout(fused="qkv_proj", fused_layout="contiguous_qkv")
-    ),
-    "gptj": ArchitectureSpec("transformer.h", "attn", "transformer.ln_f", _SEPARATE),
-    "gpt_neo": ArchitectureSpec("transformer.h", "attn.attention", "transformer.ln_f", _SEPARATE),
-    "falcon": ArchitectureSpec(
-        "transformer.h",
-        "self_attention",
-        "transformer.ln_f",
-        KVLayout(fused="query_key_value", fused_layout="falcon"),
-    ),
-    "momentum_gpt": ArchitectureSpec("model.layers", "attn", "model.norm", _SEPARATE),
+    "falcon": _fused("query_key_value", "falcon", layers="h", attention="self_attention", final_norm="ln_f"),
+    "codegen": _fused("qkv_proj", "codegen", layers="h", attention="attn", final_norm="ln_f"),
+    # separate projections, attention computed outside the attention interface
+    "xglm": ArchitectureSpec(final_norm="layer_norm", plain_scores=True),  # the paper's GPT (fairseq-dense)
+    "gpt_neo": ArchitectureSpec(layers="h", attention="attn.attention", final_norm="ln_f"),
+    "trocr": ArchitectureSpec(layers="decoder.layers", final_norm="decoder.layernorm", plain_scores=True),
+    "momentum_gpt": ArchitectureSpec(attention="attn"),
 }
 
-# Names tried, in order, when a model is not in the table.
-_LAYER_PATHS = (
-    "model.layers",
-    "model.decoder.layers",
-    "transformer.h",
-    "transformer.layers",
-    "gpt_neox.layers",
-    "layers",
-)
-_ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention", "attn.attention")
-_NORM_NAMES = ("norm", "final_layer_norm", "ln_f", "final_layernorm", "norm_f")
-_KEY_NAMES = ("k_proj", "key", "key_proj", "wk", "k")
-_VALUE_NAMES = ("v_proj", "value", "value_proj", "wv", "v")
+# Conventions automatic detection tries, in order.
+_KV_NAMES = (("k_proj", "v_proj"), ("key", "value"), ("Wk", "Wv"), ("wk", "wv"), ("k", "v"))
+_QUERY_NAMES = ("q_proj", "q_b_proj", "query", "Wq", "wq", "q")
+_NORM_NAMES = ("norm", "final_layer_norm", "final_layernorm", "ln_f", "norm_f", "layer_norm", "final_norm")
+_FUSED_NAMES = ("qkv_proj", "c_attn", "query_key_value", "Wqkv", "W_pack", "qkv", "kv_proj")
+
+
+# ------------------------------------------------------------------------------------------------ lookup
 
 
 def _get(root: nn.Module, path: str) -> nn.Module | None:
     module = root
     for part in path.split("."):
         module = getattr(module, part, None)
-        if module is None:
+        if not isinstance(module, nn.Module):
             return None
     return module
 
 
-def _model_type(model: nn.Module) -> str | None:
-    config = getattr(model, "config", None)
-    return getattr(config, "model_type", None)
-
-
-def get_architecture(model: nn.Module) -> ArchitectureSpec:
-    """The table entry for `model` (a `*ForCausalLM`, or a peft model around one), else an automatic detection."""
-    model = _unwrap(model)
-    model_type = _model_type(model)
-    if model_type in ARCHITECTURES:
-        return ARCHITECTURES[model_type]
-    layers_path = next((p for p in _LAYER_PATHS if isinstance(_get(model, p), nn.ModuleList)), None)
-    if layers_path is not None:
-        block = _get(model, layers_path)[0]
-        attention_name = next((a for a in _ATTENTION_NAMES if _get(block, a) is not None), None)
-        if attention_name is not None:
-            attention = _get(block, attention_name)
-            key = next((n for n in _KEY_NAMES if isinstance(getattr(attention, n, None), nn.Module)), None)
-            value = next(
-                (n for n in _VALUE_NAMES if isinstance(getattr(attention, n, None), nn.Module)), None
-            )
-            parent_path = layers_path.rsplit(".", 1)[0] if "." in layers_path else ""
-            parent = _get(model, parent_path) if parent_path else model
-            norm = next((n for n in _NORM_NAMES if isinstance(getattr(parent, n, None), nn.Module)), None)
-            if key and value and norm:
-                final_norm = f"{parent_path}.{norm}" if parent_path else norm
-                return ArchitectureSpec(
-                    layers_path, attention_name, final_norm, KVLayout(key=key, value=value)
-                )
-    raise ValueError(
-        f"Could not find the attention of {type(model).__name__} (model_type={model_type!r}): it is not in "
-        f"transformers_momentum.architectures.ARCHITECTURES, and automatic detection looked for decoder blocks at "
-        f"{list(_LAYER_PATHS)}, an attention module named one of {list(_ATTENTION_NAMES)} with key/value projections "
-        f"named {list(_KEY_NAMES)} / {list(_VALUE_NAMES)}, and a final norm named {list(_NORM_NAMES)}. Name the modules "
-        "explicitly: KVTuningConfig(key_module=..., value_module=...) or KVTuningConfig(fused_module=..., "
-        "fused_layout=...), or add an ArchitectureSpec to ARCHITECTURES[model.config.model_type]."
-    )
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The transformers model inside peft wrappers (PeftModel -> tuner -> model)."""
-    while not hasattr(getattr(model, "config", None), "model_type") and hasattr(model, "model"):
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The transformers model inside peft wrappers (the model itself when it is not wrapped)."""
+    if hasattr(model, "get_base_model") and callable(model.get_base_model):  # PeftModel
+        model = model.get_base_model()
+    while not hasattr(getattr(model, "config", None), "model_type") and isinstance(
+        getattr(model, "model", None), nn.Module
+    ):  # a bare tuner (KVTuningModel) around the transformers model
         model = model.model
-    if hasattr(model, "base_model") and hasattr(model.base_model, "model") and hasattr(model, "peft_config"):
-        model = model.base_model.model
     return model
 
 
+def text_config(model_or_config):
+    """The config of the text decoder (the config itself for plain causal LMs)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    try:
+        return config.get_text_config(decoder=True)
+    except (AttributeError, ValueError):
+        return config
+
+
+def text_decoder(model: nn.Module) -> tuple[str, nn.Module]:
+    """(path, module) of the text decoder inside `model`: the module holding the decoder blocks and final norm."""
+    model = unwrap_peft(model)
+    config = text_config(model)
+    base_prefix = getattr(model, "base_model_prefix", "")
+    base = getattr(model, base_prefix, None) if base_prefix else None
+    if isinstance(base, nn.Module) and getattr(base, "config", None) is config:
+        return base_prefix, base
+    decoders = [
+        (name, module)
+        for name, module in model.named_modules()
+        if name and hasattr(module, "base_model_prefix") and hasattr(module, "config")
+    ]
+    for name, module in decoders:  # shallowest first (named_modules is pre-order)
+        if module.config is config:
+            return name, module
+    for name, module in decoders:  # configs copied on construction
+        if getattr(module.config, "model_type", None) == getattr(config, "model_type", None):
+            return name, module
+    if isinstance(base, nn.Module):
+        return base_prefix, base
+    return "", model
+
+
+def _dispatches_through_attention_interface(module: nn.Module) -> bool:
+    """True when the module's forward looks its attention function up in transformers' attention interface: then it
+    computes softmax attention over keys and values (eager, sdpa, flex or flash alike)."""
+    forward = inspect.unwrap(type(module).forward)
+    code = getattr(forward, "__code__", None)
+    return code is not None and "ALL_ATTENTION_FUNCTIONS" in code.co_names
+
+
+def _has(module: nn.Module, path: str) -> bool:
+    return _get(module, path) is not None
+
+
+def _kv_layout_of(attention: nn.Module) -> KVLayout | None:
+    if all(_has(attention, p.name) for p in LATENT_KV.projections):
+        return LATENT_KV
+    for key, value in _KV_NAMES:
+        if _has(attention, key) and _has(attention, value):
+            return KVLayout.separate(key, value)
+    return None
+
+
+def _module_lists(decoder: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    lists = [(n, m) for n, m in decoder.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0 and n]
+    return sorted(lists, key=lambda item: item[0].count("."))
+
+
+def _detect(decoder: nn.Module) -> ArchitectureSpec | str:
+    """The spec of a model missing from the table, or the reason none was found."""
+    fused: list[str] = []
+    for layers_path, blocks in _module_lists(decoder):
+        for block in blocks:
+            for attention_path, module in block.named_modules():
+                if not attention_path or not _dispatches_through_attention_interface(module):
+                    continue
+                kv = _kv_layout_of(module)
+                if kv is None:
+                    fused += [f"{attention_path}.{n}" for n in _FUSED_NAMES if _has(module, n)]
+                    continue
+                query = "|".join(n for n in _QUERY_NAMES if _has(module, n)) or None
+                parent = layers_path.rsplit(".", 1)[0] + "." if "." in layers_path else ""
+                norm = next(
+                    (
+                        parent + n
+                        for n in _pp_plan_names(decoder) + _NORM_NAMES
+                        if _is_norm_at(decoder, parent + n)
+                    ),
+                    None,
+                )
+                return ArchitectureSpec(kv, query, attention_path, layers_path, norm, detected=True)
+    if fused:
+        return (
+            f"its attention has a fused projection ({sorted(set(fused))[0]}) whose row layout is not in "
+            "transformers_momentum.architectures.ARCHITECTURES"
+        )
+    classes = sorted({type(block).__name__ for _, blocks in _module_lists(decoder)[:1] for block in blocks})
+    return (
+        "no softmax attention found: none of its blocks "
+        f"({', '.join(classes) or 'none'}) has an attention module that calls transformers' attention interface "
+        "with key/value projections (attention-free models, e.g. state-space or RWKV blocks, have no keys and "
+        "values to tune)"
+    )
+
+
+def _pp_plan_names(decoder: nn.Module) -> tuple[str, ...]:
+    plan = getattr(getattr(decoder, "config", None), "base_model_pp_plan", None) or {}
+    return tuple(reversed(list(plan)))  # the final norm is the last stage
+
+
+def _is_norm_at(decoder: nn.Module, path: str) -> bool:
+    module = _get(decoder, path)
+    return module is not None and is_norm(module)
+
+
+def get_architecture(model: nn.Module) -> ArchitectureSpec:
+    """The table entry for `model` (a causal LM, or a peft model around one), else an automatic detection.
+
+    Raises a one-line `ValueError` saying why when the model has no softmax attention this module can tune or probe
+    (encoder-decoder and attention-free models, fused projections of unknown layout).
+    """
+    model = unwrap_peft(model)
+    config = text_config(model)
+    model_type = getattr(config, "model_type", None)
+    outer_type = getattr(getattr(model, "config", None), "model_type", model_type)
+    cached = _DETECTED.get(model)
+    if cached is not None and cached[0] == (model_type, outer_type):
+        return cached[1]
+    if model_type in ARCHITECTURES:
+        return ARCHITECTURES[model_type]
+    if outer_type in ARCHITECTURES:
+        return ARCHITECTURES[outer_type]
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        raise ValueError(
+            f"{type(model).__name__} (model_type={outer_type!r}) is an encoder-decoder model; K/V tuning and the "
+            "analyzer work on the self-attention of decoder-only causal LMs."
+        )
+    found = _detect(text_decoder(model)[1])
+    if isinstance(found, str):
+        raise ValueError(
+            f"{type(model).__name__} (model_type={outer_type!r}): {found}. For a softmax-attention model, name its "
+            "projections: KVTuningConfig(key_module=..., value_module=...) or (fused_module=..., fused_layout=...)."
+        )
+    _DETECTED[model] = ((model_type, outer_type), found)
+    return found
+
+
+# Detection walks the model's modules; remember its answer per model (and per model_type, which tests rename).
+_DETECTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+# ------------------------------------------------------------------------------------------------ parts of a model
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    model = _unwrap(model)
-    return _get(model, get_architecture(model).layers)
+    """Every decoder block, in order (attention layers and, in hybrids, the others)."""
+    layers = _get(text_decoder(model)[1], get_architecture(model).layers)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(
+            f"{type(unwrap_peft(model)).__name__} has no block list at {get_architecture(model).layers!r}."
+        )
+    return layers
 
 
-def final_norm(model: nn.Module) -> nn.Module:
-    model = _unwrap(model)
-    return _get(model, get_architecture(model).final_norm)
+def _is_attention_layer(block: nn.Module, spec: ArchitectureSpec) -> bool:
+    attention = _get(block, spec.attention)
+    return attention is not None and all(_has(attention, name) for name in spec.kv.module_names)
+
+
+def attention_layers(model: nn.Module) -> list[int]:
+    """Indices of the blocks with softmax attention (all of them, except in hybrid models)."""
+    spec = get_architecture(model)
+    return [i for i, block in enumerate(decoder_layers(model)) if _is_attention_layer(block, spec)]
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
-    """The attention module of every decoder block, in layer order."""
-    model = _unwrap(model)
+    """The softmax-attention module of every attention layer, in layer order."""
     spec = get_architecture(model)
-    return [_get(block, spec.attention) for block in _get(model, spec.layers)]
+    blocks = decoder_layers(model)
+    return [_get(blocks[i], spec.attention) for i in attention_layers(model)]
 
 
-__all__ = [
-    "ARCHITECTURES",
-    "FUSED_LAYOUTS",
-    "ArchitectureSpec",
-    "KVLayout",
-    "attention_modules",
-    "decoder_layers",
-    "final_norm",
-    "fused_kv_rows",
-    "get_architecture",
-]
+def final_norm(model: nn.Module) -> nn.Module | None:
+    """The norm whose output feeds the LM head (None for post-norm models, whose last block output is final)."""
+    path = get_architecture(model).final_norm
+    return _get(text_decoder(model)[1], path) if path else None
+
+
+def kv_projections(model: nn.Module, layout: KVLayout | None = None) -> dict[str, Rows]:
+    """Full name in the (unwrapped) model -> {role: output rows} of every key/value projection of every attention
+    layer. `layout` overrides the architecture's own (explicit `KVTuningConfig` module names)."""
+    base = unwrap_peft(model)
+    spec = get_architecture(base)
+    layout = layout or spec.kv
+    decoder_path, decoder = text_decoder(base)
+    prefix = f"{decoder_path}.{spec.layers}." if decoder_path else f"{spec.layers}."
+    config = text_config(base)
+    blocks = decoder_layers(base)
+    result: dict[str, Rows] = {}
+    for index in attention_layers(base):
+        attention = _get(blocks[index], spec.attention)
+        for projection in layout.projections:
+            if not _has(attention, projection.name):
+                raise ValueError(
+                    f"{prefix}{index}.{spec.attention} has no module {projection.name!r}; check the K/V module names."
+                )
+            rows = kv_rows(projection.layout, attention, config)
+            result[f"{prefix}{index}.{spec.attention}.{projection.name}"] = rows
+    return result
 
 
 # ------------------------------------------------------------------------------------------------ analyzer support
-# What the ICL-vs-finetuning analyzer (transformers_momentum.analysis) needs to know about a model beyond the table
-# above: where the queries come from, how many positions fit, which caches a prefix can be reused from, what a norm
-# is. Kept here so that the analyzer holds no per-architecture knowledge of its own.
-
-_QUERY_NAMES = ("q_proj", "query", "query_proj", "wq", "q")
-
-
-def unwrap_peft(model: nn.Module) -> nn.Module:
-    """The transformers model inside peft wrappers (the model itself when it is not wrapped)."""
-    return _unwrap(model)
+# What the ICL-vs-finetuning analyzer needs beyond the parts above: where queries come from, how many positions fit,
+# which caches a prefix can be reused from, what a norm is.
 
 
 def head_geometry(model_or_config) -> tuple[int, int, int]:
-    """(query heads, key/value heads, head dim) of a model or config."""
-    config = getattr(model_or_config, "config", model_or_config)
-    return _heads(config)
+    """(query heads, key/value heads, head dim) of a model (its first attention layer) or of a text config."""
+    if isinstance(model_or_config, nn.Module):
+        modules = attention_modules(model_or_config)
+        return attention_geometry(modules[0], text_config(unwrap_peft(model_or_config)))
+    return attention_geometry(None, text_config(model_or_config))
 
 
 def query_projection(attention: nn.Module, config) -> tuple[nn.Module, float] | None:
     """The module that projects the queries (before any rotary embedding) and the factor attention scales them by.
 
-    None when the queries come out of a fused projection (GPT-2's ``c_attn``, ...) or the module is not found.
+    None when the queries come out of a fused projection (GPT-2's ``c_attn``, ...) or a mixture of experts.
     """
-    names = [n for n in _QUERY_NAMES if isinstance(getattr(attention, n, None), nn.Module)]
-    module = getattr(attention, names[0]) if names else None
+    spec = ARCHITECTURES.get(getattr(text_config(config), "model_type", None))
+    names = (spec.query or "").split("|") if spec is not None else _QUERY_NAMES
+    module = next((_get(attention, n) for n in names if n and _has(attention, n)), None)
     if module is None:
         return None
     scaling = getattr(attention, "scaling", None)
     if scaling is None:
-        head_dim = getattr(attention, "head_dim", None) or _heads(config)[2]
-        scaling = head_dim**-0.5
+        scaling = attention_geometry(attention, text_config(config))[2] ** -0.5
     return module, float(scaling)
 
 
@@ -311,8 +558,8 @@ def rotates_queries(model: nn.Module) -> bool:
     Then a query projection's output is not the query attention uses; without rotation (absolute or ALiBi positions:
     GPT-2, OPT, XGLM, Bloom, ...) the two are the same vector up to the attention's constant scaling.
     """
-    model = _unwrap(model)
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    model = unwrap_peft(model)
+    config = text_config(model)
     if getattr(config, "position_embedding_type", None) == "rotary" or getattr(config, "rotary_dim", None):
         return True
     rope_fields = ("rope_parameters", "rope_scaling", "rope_theta")
@@ -321,10 +568,15 @@ def rotates_queries(model: nn.Module) -> bool:
     return any("rotary" in type(module).__name__.lower() for module in model.modules())
 
 
+def plain_dot_product_scores(model: nn.Module) -> bool:
+    """True when the attention scores are (query projection · scaling)(key projection)ᵀ + mask, computed outside the
+    attention interface, so exact pre-softmax scores can be rebuilt from attention probabilities."""
+    return get_architecture(model).plain_scores
+
+
 def max_positions(model: nn.Module) -> int | None:
     """The longest sequence the model's position table holds (None when the config does not say)."""
-    model = _unwrap(model)
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = text_config(unwrap_peft(model))
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
         value = getattr(config, name, None)
         if isinstance(value, int) and value > 0:
@@ -357,13 +609,31 @@ def is_norm(module: nn.Module) -> bool:
     return isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "norm" in type(module).__name__.lower()
 
 
-__all__ += [
+__all__ = [
+    "ARCHITECTURES",
+    "LATENT_KV",
+    "ROW_LAYOUTS",
+    "SEPARATE_KV",
+    "ArchitectureSpec",
+    "KVLayout",
+    "KVProjection",
+    "attention_geometry",
+    "attention_layers",
+    "attention_modules",
     "cache_can_repeat_batch",
     "cache_is_croppable",
+    "decoder_layers",
+    "final_norm",
+    "get_architecture",
     "head_geometry",
     "is_norm",
+    "kv_projections",
+    "kv_rows",
     "max_positions",
+    "plain_dot_product_scores",
     "query_projection",
     "rotates_queries",
+    "text_config",
+    "text_decoder",
     "unwrap_peft",
 ]

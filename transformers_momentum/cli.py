@@ -26,6 +26,7 @@ _CLI_MODULES = (
     "transformers_momentum.analysis.cli",
     "transformers_momentum.pretraining.cli",
     "transformers_momentum.hub.cli",
+    "transformers_momentum.icl_lab.cli",
 )
 #: The loggers of the libraries whose warnings and notices ``--quiet`` silences.
 _LIBRARY_LOGGERS = ("transformers", "datasets", "huggingface_hub", "peft", "accelerate", "torch")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from transformers_momentum.pretraining import PretrainArguments, pretrain
+from transformers_momentum.pretraining import DataArguments, ModelArguments, pretrain, recipe_training_arguments
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -36,28 +36,28 @@ def record(out_dir: Path):
 
 def main(out_dir: str) -> None:
     out = Path(out_dir)
-    args = PretrainArguments(
+    model_args = ModelArguments(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, momentum_eta=0.5)
+    data_args = DataArguments(
         train_files=[str(DATA / "corpus_sample.txt")],
         validation_files=[str(DATA / "corpus_valid_sample.txt")],
-        output_dir=str(out / "run"),
         vocab_size=300,
         tokenizer_train_chars=30_000,
         block_size=32,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        momentum_eta=0.5,
+        eval_blocks=8,
+        eval_lengths=[16, 32],
+    )
+    training_args = recipe_training_arguments(
+        str(out / "run"),
         per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,  # 8 validation blocks = one evaluation step of 2 processes x 4
         max_steps=6,
         eval_steps=3,
         save_steps=6,
         logging_steps=1,
-        eval_blocks=8,
-        eval_lengths=[16, 32],
         use_cpu=True,  # without it, torchrun on CPU silently gives two unsynchronised trainings
         disable_tqdm=True,
     )
-    pretrain(args, after_training=record(out))
+    pretrain(model_args, data_args, training_args, after_training=record(out))
 
 
 if __name__ == "__main__":

@@ -81,11 +81,8 @@ def run_analyze(args: argparse.Namespace) -> int:
             import torch
 
             torch.set_num_threads(model_args.threads)
-        if output.quiet:
-            _silence_libraries()
-        else:
-            logging.basicConfig(format="%(message)s")
-            logging.getLogger("transformers_momentum.analysis").setLevel(logging.INFO)
+        if not output.quiet:
+            _log_decisions()
         from .loading import load_model
         from .pipeline import analyze
 
@@ -95,6 +92,7 @@ def run_analyze(args: argparse.Namespace) -> int:
             device=model_args.device,
             device_map=model_args.device_map,
             attn_implementation=model_args.attn_implementation,
+            progress=config.progress,
         )
         result = analyze(model, tokenizer, config, task=task, data=data, model_name=model_args.model)
         result.save(output.out, plots=output.plots)
@@ -119,14 +117,14 @@ def run_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def _silence_libraries() -> None:
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+def _log_decisions() -> None:
+    """Print the analyzer's decisions (learning rate chosen, demonstrations dropped, ...) to stderr."""
+    logger = logging.getLogger("transformers_momentum.analysis")
+    logger.setLevel(logging.INFO)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
 
 
 __all__ = ["add_cli", "run_analyze"]

@@ -148,7 +148,8 @@ class CandidateScorer:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        parameter = next(self.model.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
 
     def prefix(
         self, context: Context, observe: Callable[[], contextlib.AbstractContextManager] | None = None

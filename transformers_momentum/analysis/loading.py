@@ -80,10 +80,12 @@ def load_model(
     device: str | None = None,
     device_map: str | None = None,
     attn_implementation: str | None = None,
+    progress: bool = True,
 ):
     """(model, tokenizer) from an offline name (`transformers_momentum.assets`), a local folder or a Hub id."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     if dtype not in DTYPES:
         raise AnalysisInputError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
@@ -93,6 +95,9 @@ def load_model(
         kwargs["attn_implementation"] = attn_implementation
     if device_map is not None:
         kwargs["device_map"] = device_map
+    bars = hf_logging.is_progress_bar_enabled()
+    if not progress:
+        hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
@@ -102,6 +107,9 @@ def load_model(
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         hint = "" if Path(source).exists() else f" (offline models: {', '.join(sorted(OFFLINE_MODELS))})"
         raise AnalysisInputError(f"--model {name}: could not load it: {first}{hint}") from None
+    finally:
+        if bars and not progress:
+            hf_logging.enable_progress_bar()
     if device_map is None:
         model = model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return model.eval(), tokenizer

@@ -107,7 +107,7 @@ def analyze(
         warnings += model_warnings
         if name == "pretrained":
             seed_infos, seed_selection = infos, selection
-    if run.probe_fallback:
+    if run.probe_fallback and not run.exact_scores:
         warnings.append(
             "The model's attention does not dispatch through transformers' attention interface: score rows are "
             "log-probabilities (exact up to a per-head constant), so SimAM and ΔSimAM are approximate; Kendall τ is "
@@ -132,6 +132,7 @@ def analyze(
             "separator_ids": layout.separator_ids,
             "label_token_counts": [len(ids) for ids in layout.label_ids],
             "probe_fallback": run.probe_fallback,
+            "exact_scores": run.exact_scores,
             "kendall_queries": run.kendall_queries,
             "torch": torch.__version__,
             "transformers": __import__("transformers").__version__,
@@ -165,6 +166,7 @@ class _ModelRun:
         self.seeds = list(config.seeds)
         self.lr_cache: dict[int, tuple[float, dict | None]] = {}
         self.probe_fallback = False
+        self.exact_scores = True
         self.kendall_queries: str | None = None
 
     def __call__(self, name: str, model: nn.Module):
@@ -172,6 +174,7 @@ class _ModelRun:
         variants = variants_for(config.controls) if name == "pretrained" else variants_for(())
         engine = Engine(model, self.layout, config)
         self.probe_fallback |= engine.probe.fallback
+        self.exact_scores &= engine.probe.exact_scores
         seed_selection = {}
         try:
             if name == "pretrained" and config.select_seed and len(self.seeds) > 1:

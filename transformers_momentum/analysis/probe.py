@@ -18,7 +18,10 @@ Batches are right-padded: each recorded row names its own analysis index among t
 key up to it is a real token. Models whose attention does not dispatch through the interface (bloom, falcon, xglm,
 ...) are detected with a two-token forward and fall back to module hooks with eager attention: the score row is then
 the log of the eager attention probabilities, which equals the pre-softmax row up to a per-row constant (exact for
-the Kendall ranking, approximate for SimAM), and the queries come from the query projection.
+the Kendall ranking, approximate for SimAM), and the queries come from the query projection. Where the architecture
+table says the scores are plain scaled dot products of the query and key projections (XGLM, the architecture of the
+paper's own GPTs), the constant is recovered from the analysis token's own score ``q_t·k_t`` and the rows are exact
+(up to the precision of the logarithm of the probabilities).
 """
 
 from __future__ import annotations
@@ -29,7 +32,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..architectures import attention_modules, get_architecture, query_projection, unwrap_peft
+from ..architectures import (
+    attention_modules,
+    get_architecture,
+    plain_dot_product_scores,
+    query_projection,
+    unwrap_peft,
+)
 from ..attention_interface import original_attention_function, register_wrapped_attention
 from .errors import AnalysisInputError
 
@@ -111,8 +120,17 @@ class AttentionProbe:
             ]
         base.set_attn_implementation(_PREFIX + backend)
         self.fallback = not self._dispatches_through_interface()
+        # Exact score rows off the interface: the analysis token's own score fixes each row's softmax constant.
+        self.exact_scores = not self.fallback
         if self.fallback:
             base.set_attn_implementation("eager")
+            key_name = get_architecture(base).kv.key
+            if plain_dot_product_scores(base) and self.has_projected_queries and key_name is not None:
+                self.exact_scores = True
+                self._hooks += [
+                    getattr(m, key_name).register_forward_hook(self._make_key_hook(i))
+                    for i, m in enumerate(self.modules)
+                ]
 
     # ------------------------------------------------------------------------------------------ capture
 
@@ -122,6 +140,7 @@ class AttentionProbe:
         self._scores: list[dict[int, torch.Tensor]] = [{} for _ in layers]
         self._queries: list[dict[int, torch.Tensor]] = [{} for _ in layers]
         self._projected: list[dict[int, torch.Tensor]] = [{} for _ in layers]
+        self._own_keys: list[dict[int, torch.Tensor]] = [{} for _ in layers]
         self._train_queries: list[torch.Tensor | None] = [None] * self.num_layers
         self._train_projected: list[torch.Tensor | None] = [None] * self.num_layers
 
@@ -170,7 +189,19 @@ class AttentionProbe:
                     )
                 probabilities = weights[row, :, index].detach().float()
                 position = probabilities.shape[-1] - q_len + index
-                self._scores[layer][row] = probabilities[:, : position + 1].clamp_min(1e-30).log().cpu()
+                scores = probabilities[:, : position + 1].clamp_min(1e-45).log().cpu()
+                if (
+                    self.exact_scores
+                ):  # s_j = log p_j - log p_t + s_t, with s_t = q_t·k_t the token's own score
+                    query, key = self._projected[layer][row], self._own_keys[layer][row]
+                    heads, kv_heads = scores.shape[0], key.numel() // (query.numel() // scores.shape[0])
+                    own = (
+                        (query.view(kv_heads, heads // kv_heads, -1) * key.view(kv_heads, 1, -1))
+                        .sum(-1)
+                        .flatten()
+                    )
+                    scores = scores - scores[:, -1:] + own[:, None]
+                self._scores[layer][row] = scores
 
     def _make_projection_hook(self, layer: int, scaling: float):
         def hook(projection, args, output):
@@ -184,6 +215,15 @@ class AttentionProbe:
                     self._projected[layer][row] = (
                         output[row, index % output.shape[1]].detach().float() * scaling
                     ).cpu()
+
+        return hook
+
+    def _make_key_hook(self, layer: int):
+        def hook(projection, args, output):
+            if self._mode != "eval":
+                return
+            for row, index in self._rows.items():
+                self._own_keys[layer][row] = output[row, index % output.shape[1]].detach().float().cpu()
 
         return hook
 

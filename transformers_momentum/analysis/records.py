@@ -14,7 +14,8 @@ an FT variant (``gd``, ``lcgd``, ``random_label``, ``other_task``); N examples, 
 | ``kendall_icl/<variant>`` | (K, L, T) | ICL scores of the aligned demonstration tokens, summed over heads (first K examples) |
 | ``kendall_ft/<variant>`` | (K, L, T) | FT similarity Σ_h q'_j·q of the same training tokens |
 
-Everything is float32 (recorded in fp32 whatever the model's dtype).
+Attention outputs and score rows are float32 (recorded in fp32 whatever the model's dtype); the Kendall inputs are
+float64, exactly the values that were ranked.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ class Records:
                 out[key] = np.concatenate(chunks, axis=-1).astype(np.float32)
             elif "/predicted/" in key or key.endswith("/gold"):
                 out[key] = np.asarray(chunks, dtype=np.int64)
+            elif "/kendall_" in key:  # kept exactly as ranked: a float32 copy could reorder near-ties
+                out[key] = np.stack(chunks).astype(np.float64)
             else:
                 out[key] = np.stack(chunks).astype(np.float32)
         return out

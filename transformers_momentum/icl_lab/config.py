@@ -89,6 +89,7 @@ class ICLLabArguments:
     lsa_steps: int = field(
         default=1500, metadata={"help": "Training steps of the single-layer LSA (0: skip)."}
     )
+    lsa_learning_rate: float = field(default=1e-2, metadata={"help": "Peak learning rate of the LSA training."})
     lsa_n_dims: int = field(default=10, metadata={"help": "LSA rung: input dimension (von Oswald: 10)."})
     lsa_context: int = field(default=10, metadata={"help": "LSA rung: context points N (von Oswald: 10)."})
 
@@ -98,7 +99,7 @@ class ICLLabArguments:
     )
     n_tune: int = field(default=2000, metadata={"help": "Held-out prompts to tune the learners on."})
     n_align: int = field(default=256, metadata={"help": "Prompts for the alignment measures."})
-    n_probe: int = field(default=16, metadata={"help": "Probe queries per prompt for the update cosine."})
+    n_probe: int = field(default=8, metadata={"help": "Probe queries per prompt for the update cosine."})
     learner_steps: int = field(
         default=0, metadata={"help": "Iterations of GD/Newton learners (0: num_layers)."}
     )

@@ -149,7 +149,7 @@ def positive_control(args: ICLLabArguments, out: Path, train_lsa: bool) -> dict:
                 output_dir=run_dir / "trainer",
                 steps=args.lsa_steps,
                 batch_size=256,
-                learning_rate=args.learning_rate,
+                learning_rate=args.lsa_learning_rate,
                 seed=seed,
                 warmup_ratio=args.warmup_ratio,
                 progress=args.progress,

@@ -11,7 +11,9 @@ at the query is `w.x_q` (so its input sensitivity d(prediction)/d(x_q) is w itse
   exponentially decayed sum of the earlier ones, `w_t = w_{t-1} - lr sum_{i<=t} beta^(t-i) grad L(w_{i-1})`
   (their momentum attention adds `sum_{i<t} eta^(t-i) v_i` to the attention output, which plays the current step).
 * ``newton``: `steps` iterations of Newton's method for the inverse of `S = X^T X` (Fu et al., 2023):
-  `M_0 = a S` with `a = 2 / ||S S^T||_2`, `M_{j+1} = 2 M_j - M_j S M_j`, and `w = M_j X^T y` (-> `ols`).
+  `M_0 = a S^T`, `M_{j+1} = 2 M_j - M_j S M_j`, and `w = M_j X^T y` (-> `ols`). Fu et al. write
+  `a = 2 / ||S S^T||_2`, the edge of the iteration's convergence range `0 < a < 2 / ||S S^T||_2`, where the top
+  eigen-direction never converges; we take `a = 1 / ||S S^T||_2`.
 
 Step sizes, momentum and lambda are tuned per number of examples k on held-out prompts (`tune_learners`), never on
 the evaluation prompts.
@@ -67,7 +69,7 @@ def momentum_gradient_descent(
 def newton_iterations(xs: torch.Tensor, ys: torch.Tensor, steps: int) -> torch.Tensor:
     gram = xs.transpose(1, 2) @ xs
     # ||S S^T||_2 = lambda_max(S)^2 for the symmetric PSD S; the clamp keeps an all-zero prompt finite.
-    scale = 2.0 / torch.linalg.matrix_norm(gram @ gram.transpose(1, 2), ord=2).clamp_min(1e-300)
+    scale = 1.0 / torch.linalg.matrix_norm(gram @ gram.transpose(1, 2), ord=2).clamp_min(1e-300)
     inverse = scale[:, None, None] * gram.transpose(1, 2)
     for _ in range(steps):
         inverse = 2 * inverse - inverse @ gram @ inverse

@@ -13,7 +13,7 @@ from torch import nn
 
 from .config import KVTuningConfig
 from .layer import KVTuningLayer
-from .model import KVTuningModel, resolve_kv_layout
+from .model import KVTuningModel, kv_targets
 from .peft_type import KV_TUNING
 
 # Idempotent: a second import (or a reload) must not register twice, which peft rejects.
@@ -22,7 +22,7 @@ if KV_TUNING not in PEFT_TYPE_TO_CONFIG_MAPPING:
         name="kv_tuning", config_cls=KVTuningConfig, model_cls=KVTuningModel, prefix="kv_tuning_"
     )
 
-_LAYER_INDEX = re.compile(r"\.(\d+)\.")
+_LAYER_INDEX = re.compile(r"\.(\d+)\.")  # the first numbered segment: the block index
 
 
 def _kv_layers(model: nn.Module):
@@ -42,7 +42,10 @@ def reset_kv_deltas(model: nn.Module) -> None:
 
 
 def kv_deltas(model: nn.Module, adapter_name: str | None = None) -> dict[int, dict[str, torch.Tensor]]:
-    """Per layer index: {"k_weight", "k_bias", "v_weight", "v_bias"} deltas (present ones), weights [rows, in]."""
+    """Per block index: {"k_weight", "k_bias", "v_weight", "v_bias"} deltas (present ones), weights [rows, in].
+
+    Multi-head latent attention adds "k_rope_weight" (the rotary-key rows of `kv_a_proj_with_mqa`, whose input is
+    the hidden state rather than the latent the other K/V rows read)."""
     result: dict[int, dict[str, torch.Tensor]] = {}
     for index, layer in _kv_layers(model):
         adapter = adapter_name or layer.active_adapters[0]
@@ -58,5 +61,5 @@ __all__ = [
     "KVTuningModel",
     "kv_deltas",
     "reset_kv_deltas",
-    "resolve_kv_layout",
+    "kv_targets",
 ]

@@ -1,4 +1,4 @@
-"""KVTuningConfig: train only the attention key and value projections (Dai et al. 2023, §2.7)."""
+"""KVTuningConfig: train only the attention key and value projections (Dai et al. 2023, §2.2 and §4)."""
 
 from dataclasses import dataclass, field
 
@@ -11,25 +11,37 @@ _TARGETS = ("kv", "k", "v")
 
 @dataclass
 class KVTuningConfig(PeftConfig):
-    """Full-rank additive deltas on W_K and W_V (and their biases) of every selected layer; nothing else trains.
+    """Full-rank additive deltas on W_K and W_V (and their biases) of every softmax-attention layer; nothing else
+    trains. Where keys and values come from a fused projection, only its K and V rows get deltas.
+
+    Which projections hold the keys and values, and which of their output rows, comes from
+    `transformers_momentum.architectures` (its table, else automatic detection).
 
     Args:
         targets: `"kv"` (keys and values, the paper's setting), `"k"` or `"v"`.
         train_bias: also train bias deltas where the projection has a bias (the paper does). (Not `bias`: peft
             reserves that name for its own "none"/"all" option.)
-        layers_to_transform: layer indices to adapt (default: all layers).
-        key_module / value_module: attribute names of separate key/value projections inside the attention module,
-            overriding the architecture table (e.g. `"k_proj"`, `"v_proj"`).
-        fused_module / fused_layout: name of a fused QKV projection and the order of its outputs (a key of
-            `transformers_momentum.architectures.FUSED_LAYOUTS`), overriding the table.
-        target_modules: peft's usual way to name modules: `["k_proj", "v_proj"]` means key_module="k_proj",
-            value_module="v_proj". After wrapping it holds the full paths of the wrapped modules (what peft saves).
+        target_modules: peft's selection, with peft's semantics (a list of module-name suffixes, or a regex matched
+            against full module names), applied to the key/value projections of the attention layers: modules
+            outside them (a vision tower's `k_proj`, a linear-attention layer's) never match. Default: all of them.
+        exclude_modules, layers_to_transform, layers_pattern: peft's, with peft's semantics.
+        key_module / value_module: names of separate key/value projections inside the attention module, for models
+            the architecture table does not know and detection does not find (e.g. `"k_proj"`, `"v_proj"`).
+        fused_module / fused_layout: name of a fused projection holding K and V rows and its row layout (a key of
+            `transformers_momentum.architectures.ROW_LAYOUTS`, e.g. `"qkv"`), likewise.
+        fan_in_fan_out: peft's flag for projections that store their weight as [in, out] (transformers' `Conv1D`, as
+            in GPT-2); set from the model when wrapping.
     """
 
     targets: str = field(default="kv", metadata={"help": "'kv', 'k' or 'v'"})
     train_bias: bool = field(
         default=True, metadata={"help": "Also train bias deltas where the projection has one."}
     )
+    target_modules: list[str] | str | None = field(
+        default=None,
+        metadata={"help": "Which key/value projections to adapt (peft semantics); default: all of them."},
+    )
+    exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Modules not to adapt."})
     layers_to_transform: list[int] | int | None = field(
         default=None, metadata={"help": "Layer indices to adapt."}
     )
@@ -40,15 +52,11 @@ class KVTuningConfig(PeftConfig):
     value_module: str | None = field(default=None, metadata={"help": "Separate value projection name."})
     fused_module: str | None = field(default=None, metadata={"help": "Fused QKV projection name."})
     fused_layout: str | None = field(
-        default=None, metadata={"help": "Layout of the fused projection's outputs."}
+        default=None, metadata={"help": "Row layout of the fused projection (see architectures.ROW_LAYOUTS)."}
     )
-    target_modules: list[str] | str | None = field(
-        default=None,
-        metadata={
-            "help": "[key, value] projection names (same as key_module/value_module); resolved to full paths."
-        },
+    fan_in_fan_out: bool = field(
+        default=False, metadata={"help": "The projections store their weight as [in, out] (Conv1D)."}
     )
-    exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Modules not to adapt."})
     modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Extra modules to train and save."}
     )
@@ -62,25 +70,18 @@ class KVTuningConfig(PeftConfig):
             raise ValueError(f"targets must be one of {_TARGETS}; got {self.targets!r}.")
         if (self.fused_module is None) != (self.fused_layout is None):
             raise ValueError(
-                "fused_module and fused_layout go together: name the fused projection and its layout."
+                "fused_module and fused_layout go together: name the fused projection and its row layout."
             )
         if (self.key_module is None) != (self.value_module is None):
             raise ValueError("key_module and value_module go together: name both separate projections.")
         if self.key_module is not None and self.fused_module is not None:
             raise ValueError("Name either separate key/value projections or one fused projection, not both.")
-        if self.target_modules is not None and self.key_module is None and self.fused_module is None:
-            # peft users name modules with target_modules; for this method that means [key name, value name].
-            # (Once resolved, target_modules holds full module paths and key_module/fused_module are set.)
-            names = (
-                [self.target_modules] if isinstance(self.target_modules, str) else list(self.target_modules)
-            )
-            if len(names) != 2 or any("." in name for name in names):
+        if self.fused_layout is not None:
+            from ..architectures import ROW_LAYOUTS
+
+            if self.fused_layout not in ROW_LAYOUTS:
                 raise ValueError(
-                    f"target_modules={self.target_modules!r}: K/V tuning expects [key name, value name] of separate "
-                    "projections, e.g. ['k_proj', 'v_proj']. For a fused QKV projection use "
-                    "KVTuningConfig(fused_module=..., fused_layout=...) with a layout from "
-                    "transformers_momentum.architectures.FUSED_LAYOUTS."
+                    f"fused_layout={self.fused_layout!r} is not a row layout; use one of {sorted(ROW_LAYOUTS)}."
                 )
-            self.key_module, self.value_module = names
         if isinstance(self.layers_to_transform, int):
             self.layers_to_transform = [self.layers_to_transform]

@@ -1,75 +1,76 @@
 """KVTuningLayer: a projection plus full-rank additive deltas on its key/value output rows.
 
-For a separate key or value projection the delta covers every output row. For a fused QKV projection it covers only
-the K and V rows (`rows`), so the query rows have no trainable parameter at all: no optimizer (AdamW weight decay
-included) can move them, and their outputs are bit-for-bit the base outputs.
+For a separate key or value projection the delta covers every output row. For a fused projection it covers only the
+K and V rows, so the query rows have no trainable parameter at all: no optimizer (AdamW weight decay included) can
+move them, and their outputs are bit-for-bit the base outputs.
 
-Deltas are stored in [rows, in_features] orientation for `nn.Linear` and transformers' `Conv1D` alike (Conv1D keeps
-its weight transposed, [in, out]; merging handles the transpose).
+Deltas are stored as [rows, in_features] whatever the base layer's orientation; `fan_in_fan_out` (peft's flag,
+True for transformers' `Conv1D`, which stores its weight as [in, out]) says how to line them up with the weight.
 """
 
 import warnings
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from peft.tuners._buffer_dict import BufferDict
+from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check_adapters_to_merge
+from peft.utils.other import transpose
 from torch import nn
-from transformers.pytorch_utils import Conv1D
-
-
-def _in_out_features(module: nn.Module) -> tuple[int, int]:
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
-    if isinstance(module, Conv1D):
-        return module.weight.shape[0], module.weight.shape[1]
-    raise TypeError(
-        f"K/V tuning supports nn.Linear and transformers Conv1D projections; got {type(module).__name__}."
-    )
 
 
 class KVTuningLayer(nn.Module, BaseTunerLayer):
     adapter_layer_names = ("kv_tuning_weight", "kv_tuning_bias")
-    other_param_names = ("kv_tuning_rows", "kv_tuning_roles")
+    other_param_names = ("kv_tuning_rows", "kv_tuning_roles", "kv_tuning_all_rows")
 
     def __init__(
         self,
         base_layer: nn.Module,
         adapter_name: str,
-        roles: list[tuple[str, torch.Tensor | None]],
-        bias: bool,
+        roles: dict[str, torch.Tensor | None],
+        train_bias: bool,
+        fan_in_fan_out: bool = False,
     ):
         super().__init__()
         self.base_layer = base_layer
+        self.fan_in_fan_out = fan_in_fan_out
         self.kv_tuning_weight = nn.ParameterDict({})
         self.kv_tuning_bias = nn.ParameterDict({})
-        # adapter -> output rows the deltas add to (None: all rows); adapter -> [(role, n_rows), ...] in row order
-        self.kv_tuning_rows: dict[str, torch.Tensor | None] = {}
+        # adapter -> the output rows its deltas add to, in delta order (not saved: they follow from the architecture)
+        self.kv_tuning_rows = BufferDict({}, persistent=False)
+        # adapter -> [(role, number of rows), ...] in delta order
         self.kv_tuning_roles: dict[str, list[tuple[str, int]]] = {}
+        # adapter -> its deltas cover every output row in order (a separate key or value projection)
+        self.kv_tuning_all_rows: dict[str, bool] = {}
         # adapter -> the base rows before merging, so unmerge restores them exactly (not by subtraction)
         self._premerge: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._active_adapter = adapter_name
         self.merged_adapters: list[str] = []
         self._disable_adapters = False
-        self.in_features, self.out_features = _in_out_features(base_layer)
-        self.update_layer(adapter_name, roles, bias)
+        self.in_features, self.out_features = _get_in_out_features(self.get_base_layer())
+        if self.in_features is None:
+            raise TypeError(
+                "K/V tuning supports nn.Linear and transformers' Conv1D projections; got "
+                f"{type(self.get_base_layer()).__name__}."
+            )
+        self.update_layer(adapter_name, roles, train_bias)
 
     def update_layer(
-        self, adapter_name: str, roles: list[tuple[str, torch.Tensor | None]], bias: bool
+        self, adapter_name: str, roles: dict[str, torch.Tensor | None], train_bias: bool
     ) -> None:
-        """Add adapter `adapter_name`: zero deltas on the rows of each (role, rows) pair (rows=None: all rows)."""
-        base = self.get_base_layer()
-        row_sets = [torch.arange(self.out_features) if rows is None else rows for _, rows in roles]
-        all_rows = torch.cat(row_sets)
-        covers_everything = len(roles) == 1 and roles[0][1] is None
-        weight = base.weight
+        """Add adapter `adapter_name`: zero deltas on the rows of each role (rows None: every row)."""
+        weight = self.get_base_layer().weight
+        row_sets = {role: torch.arange(self.out_features) if r is None else r for role, r in roles.items()}
+        rows = torch.cat(list(row_sets.values()))
         self.kv_tuning_weight[adapter_name] = nn.Parameter(
-            torch.zeros(len(all_rows), self.in_features, dtype=weight.dtype, device=weight.device)
+            torch.zeros(len(rows), self.in_features, dtype=weight.dtype, device=weight.device)
         )
-        if bias and getattr(base, "bias", None) is not None:
+        if train_bias and getattr(self.get_base_layer(), "bias", None) is not None:
             self.kv_tuning_bias[adapter_name] = nn.Parameter(
-                torch.zeros(len(all_rows), dtype=weight.dtype, device=weight.device)
+                torch.zeros(len(rows), dtype=weight.dtype, device=weight.device)
             )
-        self.kv_tuning_rows[adapter_name] = None if covers_everything else all_rows.to(weight.device)
-        self.kv_tuning_roles[adapter_name] = [(role, len(r)) for (role, _), r in zip(roles, row_sets)]
+        rows_device = weight.device if weight.device.type != "meta" else torch.device("cpu")
+        self.kv_tuning_rows[adapter_name] = rows.to(rows_device)
+        self.kv_tuning_roles[adapter_name] = [(role, len(r)) for role, r in row_sets.items()]
+        self.kv_tuning_all_rows[adapter_name] = len(roles) == 1 and next(iter(roles.values())) is None
         self.set_adapter(self.active_adapters)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
@@ -88,23 +89,15 @@ class KVTuningLayer(nn.Module, BaseTunerLayer):
                     )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _rows(self, adapter: str) -> torch.Tensor:
-        rows = self.kv_tuning_rows[adapter]
-        return (
-            torch.arange(self.out_features, device=self.kv_tuning_weight[adapter].device)
-            if rows is None
-            else rows
-        )
-
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         """The delta as a full weight in the base layer's own orientation (zero outside the K/V rows)."""
         delta = self.kv_tuning_weight[adapter]
         full = torch.zeros(self.out_features, self.in_features, dtype=delta.dtype, device=delta.device)
-        full = full.index_add(0, self._rows(adapter), delta)
-        return full.T if isinstance(self.get_base_layer(), Conv1D) else full
+        full = full.index_add(0, self.kv_tuning_rows[adapter].to(delta.device), delta)
+        return transpose(full, self.fan_in_fan_out)
 
     def role_deltas(self, adapter: str) -> dict[str, torch.Tensor]:
-        """{"k_weight", "k_bias", "v_weight", "v_bias"} (those present), weights as [rows, in_features]."""
+        """{"k_weight", "k_bias", "v_weight", "v_bias", ...} (those present), weights as [rows, in_features]."""
         out, start = {}, 0
         weight, bias = self.kv_tuning_weight[adapter], self.kv_tuning_bias.get(adapter)
         for role, count in self.kv_tuning_roles[adapter]:
@@ -113,6 +106,18 @@ class KVTuningLayer(nn.Module, BaseTunerLayer):
                 out[f"{role}_bias"] = bias[start : start + count]
             start += count
         return out
+
+    def _can_fold(self, adapters: list[str]) -> bool:
+        """True when the deltas can be added to the base weight inside this forward: a plain projection whose weight
+        is materialised here (not on the meta device behind an accelerate offload hook) in the deltas' dtype."""
+        base = self.get_base_layer()
+        weight = getattr(base, "weight", None)
+        return (
+            isinstance(weight, torch.Tensor)
+            and weight.device.type != "meta"
+            and getattr(base, "_hf_hook", None) is None
+            and all(self.kv_tuning_weight[a].dtype == weight.dtype for a in adapters)
+        )
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.disable_adapters:
@@ -124,20 +129,18 @@ class KVTuningLayer(nn.Module, BaseTunerLayer):
         adapters = [a for a in self.active_adapters if a in self.kv_tuning_weight]
         if not adapters:
             return self.base_layer(x, *args, **kwargs)
-        base = self.get_base_layer()
-        if all(self.kv_tuning_weight[a].dtype == base.weight.dtype for a in adapters):
+        if self._can_fold(adapters):
             return self._forward_effective_weight(x, adapters)
-        # Deltas kept in another dtype than the base (peft upcasts adapters of bf16 models): add their output
-        # separately so the base rows are still computed exactly as the base layer computes them.
+        # Deltas in another dtype than the base (peft upcasts adapters of bf16 models), or a base layer whose weight
+        # only exists inside its own forward (offloaded): add the deltas' output separately, so the base rows are
+        # still computed exactly as the base layer computes them.
         result = self.base_layer(x, *args, **kwargs)
         for adapter in adapters:
             weight = self.kv_tuning_weight[adapter]
             delta = nn.functional.linear(x.to(weight.dtype), weight, self.kv_tuning_bias.get(adapter))
-            rows = self.kv_tuning_rows[adapter]
-            if rows is None:
-                result = result + delta.to(result.dtype)
-            else:  # only the K/V outputs move; every other output element is left untouched
-                result = result.index_add(-1, rows, delta.to(result.dtype))
+            rows = self.kv_tuning_rows[adapter].to(result.device)
+            # only the K/V outputs move; every other output element is left untouched
+            result = result.index_add(-1, rows, delta.to(result.dtype))
         return result
 
     def _forward_effective_weight(self, x: torch.Tensor, adapters: list[str]) -> torch.Tensor:
@@ -148,39 +151,36 @@ class KVTuningLayer(nn.Module, BaseTunerLayer):
         the base weight's own values (query rows of a fused projection never see a delta).
         """
         base = self.get_base_layer()
-        transposed = isinstance(base, Conv1D)  # Conv1D stores [in, out]
-        weight = base.weight.T if transposed else base.weight
+        weight = transpose(base.weight, self.fan_in_fan_out)
         bias = getattr(base, "bias", None)
         for adapter in adapters:
-            rows = self.kv_tuning_rows[adapter]
-            delta = self.kv_tuning_weight[adapter]
-            weight = weight + delta if rows is None else weight.index_add(0, rows, delta)
+            delta, rows = self.kv_tuning_weight[adapter], self.kv_tuning_rows[adapter]
+            covers_all = self.kv_tuning_all_rows[adapter]
+            weight = weight + delta if covers_all else weight.index_add(0, rows, delta)
             if adapter in self.kv_tuning_bias and bias is not None:
                 bias_delta = self.kv_tuning_bias[adapter]
-                bias = bias + bias_delta if rows is None else bias.index_add(0, rows, bias_delta)
+                bias = bias + bias_delta if covers_all else bias.index_add(0, rows, bias_delta)
         return nn.functional.linear(x, weight, bias)
 
     @torch.no_grad()
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         adapter_names = check_adapters_to_merge(self, adapter_names)
         base = self.get_base_layer()
-        transposed = isinstance(base, Conv1D)
+        row_dim = 1 if self.fan_in_fan_out else 0  # where the output rows are in the stored weight
         for adapter in adapter_names:
             if adapter not in self.kv_tuning_weight:
                 continue
-            rows = self._rows(adapter)
-            weight_dim = 1 if transposed else 0
-            saved_weight = base.weight.index_select(weight_dim, rows).clone()
-            saved_bias = (
-                base.bias.index_select(0, rows).clone() if getattr(base, "bias", None) is not None else None
-            )
-            delta = self.kv_tuning_weight[adapter].to(base.weight.dtype)
-            merged_weight = base.weight.index_add(weight_dim, rows, delta.T if transposed else delta)
+            rows = self.kv_tuning_rows[adapter].to(base.weight.device)
+            saved_weight = base.weight.index_select(row_dim, rows).clone()
+            has_bias = getattr(base, "bias", None) is not None
+            saved_bias = base.bias.index_select(0, rows).clone() if has_bias else None
+            delta = transpose(self.kv_tuning_weight[adapter].to(base.weight), self.fan_in_fan_out)
+            merged_weight = base.weight.index_add(row_dim, rows, delta)
             if safe_merge and not torch.isfinite(merged_weight).all():
                 raise ValueError(f"NaNs or infs appeared while merging adapter {adapter!r}; it seems broken.")
             base.weight.copy_(merged_weight)
-            if adapter in self.kv_tuning_bias and saved_bias is not None:
-                base.bias.index_add_(0, rows, self.kv_tuning_bias[adapter].to(base.bias.dtype))
+            if adapter in self.kv_tuning_bias and has_bias:
+                base.bias.index_add_(0, rows, self.kv_tuning_bias[adapter].to(base.bias))
             self._premerge[adapter] = (saved_weight, saved_bias)
             self.merged_adapters.append(adapter)
 
@@ -190,12 +190,12 @@ class KVTuningLayer(nn.Module, BaseTunerLayer):
             warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
         base = self.get_base_layer()
-        weight_dim = 1 if isinstance(base, Conv1D) else 0
+        row_dim = 1 if self.fan_in_fan_out else 0
         while self.merged_adapters:  # newest first, so each restore sees the rows it saved
             adapter = self.merged_adapters.pop()
             saved_weight, saved_bias = self._premerge.pop(adapter)
-            rows = self._rows(adapter)
-            base.weight.index_copy_(weight_dim, rows, saved_weight)
+            rows = self.kv_tuning_rows[adapter].to(base.weight.device)
+            base.weight.index_copy_(row_dim, rows, saved_weight)
             if saved_bias is not None:
                 base.bias.index_copy_(0, rows, saved_bias)
 

@@ -1,62 +1,57 @@
-"""KVTuningModel: find every attention's K/V projections (architecture table, then detection) and wrap them."""
+"""KVTuningModel: peft's BaseTuner, targeting the key/value projections the architecture table names.
 
-import re
+`BaseTuner` does the rest as for any peft method: matching `target_modules` (with peft's semantics), replacing
+modules (device placement, the meta device), freezing the base model, merging and unloading (offloaded layers,
+`_check_merge_allowed`). This class only says which modules are key/value projections and which of their output
+rows are keys and values.
+"""
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner
+from peft.tuners.tuners_utils import BaseTuner, _ExcludedModule, check_target_module_exists
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
-from ..architectures import KVLayout, _get, _unwrap, fused_kv_rows, get_architecture
+from ..architectures import ARCHITECTURES, KVLayout, get_architecture, kv_projections
 from .config import KVTuningConfig
 from .layer import KVTuningLayer
 
 
-def resolve_kv_layout(config: KVTuningConfig, model: nn.Module) -> tuple[KVLayout, list[str]]:
-    """The K/V layout to use and the full names of the projections to wrap (one or two per selected layer)."""
-    model = _unwrap(model)
-    spec = get_architecture(model) if config.key_module is None and config.fused_module is None else None
+def _explicit_layout(config: KVTuningConfig) -> KVLayout | None:
     if config.fused_module is not None:
-        layout = KVLayout(fused=config.fused_module, fused_layout=config.fused_layout)
-    elif config.key_module is not None:
-        layout = KVLayout(key=config.key_module, value=config.value_module)
-    else:
-        layout = spec.kv
-    if config.fused_module is None and layout.fused is None:
-        names = {"kv": (layout.key, layout.value), "k": (layout.key,), "v": (layout.value,)}[config.targets]
-    else:
-        names = (layout.fused,)
+        return KVLayout.fused_projection(config.fused_module, config.fused_layout)
+    if config.key_module is not None:
+        return KVLayout.separate(config.key_module, config.value_module)
+    return None
 
-    selected = set(config.layers_to_transform) if config.layers_to_transform is not None else None
-    targets: list[str] = []
-    if spec is not None:
-        blocks = _get(model, spec.layers)
-        for index, block in enumerate(blocks):
-            if selected is not None and index not in selected:
-                continue
-            attention_path = f"{spec.layers}.{index}.{spec.attention}"
-            for name in names:
-                if not isinstance(_get(block, f"{spec.attention}.{name}"), nn.Module):
-                    raise ValueError(
-                        f"{attention_path} has no module {name!r}; the architecture table is out of date."
-                    )
-                targets.append(f"{attention_path}.{name}")
-    else:  # explicit names: every module whose own name matches, in module order
-        pattern = re.compile(r".*\.(\d+)\..*")
-        for full_name, _ in model.named_modules():
-            if full_name.rsplit(".", 1)[-1] not in names:
-                continue
-            match = pattern.match(full_name)
-            if selected is not None and (match is None or int(match.group(1)) not in selected):
-                continue
-            targets.append(full_name)
-    if not targets:
-        raise ValueError(
-            f"None of the modules {list(names)} exist in {type(model).__name__}"
-            + (f" for layers {sorted(selected)}" if selected is not None else "")
-            + ". Check KVTuningConfig(key_module=..., value_module=...) / (fused_module=..., fused_layout=...) "
-            "against `print(model)`."
-        )
-    return layout, targets
+
+def _named_modules_ending_in(model: nn.Module, layout: KVLayout) -> dict[str, dict]:
+    """For models with no architecture found: every module named like one of `layout`'s projections, with the roles
+    its row layout gives (separate projections only: a fused layout needs the attention module's geometry)."""
+    names = {p.name: p.layout for p in layout.projections}
+    found = {}
+    for full_name, _ in model.named_modules():
+        layout_name = names.get(full_name.rsplit(".", 1)[-1])
+        if layout_name in ("key", "value"):
+            found[full_name] = {"k" if layout_name == "key" else "v": None}
+    return found
+
+
+def kv_targets(model: nn.Module, config: KVTuningConfig) -> dict[str, dict[str, torch.Tensor | None]]:
+    """Full module name -> {role: output rows} of the key/value projections `config` adapts, before peft's own
+    `target_modules` / `exclude_modules` / `layers_to_transform` selection."""
+    explicit = _explicit_layout(config)
+    try:
+        projections = kv_projections(model, explicit)
+    except ValueError:
+        if explicit is None:
+            raise
+        projections = _named_modules_ending_in(model, explicit)
+    selected = {}
+    for name, roles in projections.items():
+        roles = {role: rows for role, rows in roles.items() if role.split("_")[0] in config.targets}
+        if roles:
+            selected[name] = roles
+    return selected
 
 
 class KVTuningModel(BaseTuner):
@@ -64,20 +59,51 @@ class KVTuningModel(BaseTuner):
 
     prefix: str = "kv_tuning_"
     tuner_layer_cls = KVTuningLayer
-    target_module_mapping: dict[str, list[str]] = {}
+    # peft's per-model_type default targets, from the architecture table; models the table does not hold are
+    # detected from the model itself in `_prepare_model`.
+    target_module_mapping: dict[str, list[str]] = {
+        model_type: list(spec.kv.module_names) for model_type, spec in ARCHITECTURES.items()
+    }
 
     def _prepare_adapter_config(self, peft_config: KVTuningConfig, model_config: dict) -> KVTuningConfig:
+        if (
+            peft_config.target_modules is None
+            and model_config.get("model_type") in self.target_module_mapping
+        ):
+            return super()._prepare_adapter_config(peft_config, model_config)
         return peft_config  # resolved against the model itself in _prepare_model
 
     def _prepare_model(self, peft_config: KVTuningConfig, model: nn.Module) -> None:
-        layout, targets = resolve_kv_layout(peft_config, model)
-        # Record what was resolved: adapter_config.json then says exactly which modules and layout were trained.
-        if layout.fused is not None:
-            peft_config.fused_module, peft_config.fused_layout = layout.fused, layout.fused_layout
-        else:
-            peft_config.key_module, peft_config.value_module = layout.key, layout.value
-        peft_config.target_modules = targets
-        self._kv_layout = layout
+        if _explicit_layout(peft_config) is None:
+            get_architecture(
+                model
+            )  # a one-line error for models without softmax attention, before peft's own
+        self._kv_targets = kv_targets(model, peft_config)
+        if peft_config.target_modules is None:
+            peft_config.target_modules = sorted({name.rsplit(".", 1)[-1] for name in self._kv_targets})
+        matched = [n for n in self._kv_targets if self._matches(peft_config, n)]
+        if not matched:
+            names = sorted({name.rsplit(".", 1)[-1] for name in self._kv_targets})
+            raise ValueError(
+                f"target_modules={peft_config.target_modules!r} selects none of the key/value projections of "
+                f"{type(model).__name__}'s attention layers (named {names or 'nothing: none found'}"
+                + (f", layers {peft_config.layers_to_transform}" if peft_config.layers_to_transform else "")
+                + ")."
+            )
+        # peft's idiom: the config says once whether the projections store their weight transposed (Conv1D).
+        peft_config.fan_in_fan_out = isinstance(model.get_submodule(matched[0]), Conv1D)
+
+    @staticmethod
+    def _matches(peft_config: KVTuningConfig, key: str) -> bool:
+        result = check_target_module_exists(peft_config, key)
+        return bool(result) and not isinstance(result, _ExcludedModule)
+
+    def _check_target_module_exists(self, peft_config: KVTuningConfig, key: str):
+        # peft's matching, restricted to key/value projections of attention layers
+        result = check_target_module_exists(peft_config, key)
+        if not result or isinstance(result, _ExcludedModule):
+            return result
+        return key in self._kv_targets
 
     def _create_and_replace(
         self,
@@ -89,44 +115,13 @@ class KVTuningModel(BaseTuner):
         current_key: str,
         **kwargs,
     ) -> None:
-        roles = self._roles(peft_config, target_name)
+        roles = self._kv_targets[current_key]
         if isinstance(target, KVTuningLayer):
             target.update_layer(adapter_name, roles, peft_config.train_bias)
             return
-        new_module = KVTuningLayer(target, adapter_name, roles, peft_config.train_bias)
+        new_module = KVTuningLayer(
+            target, adapter_name, roles, peft_config.train_bias, fan_in_fan_out=peft_config.fan_in_fan_out
+        )
         if adapter_name not in self.active_adapters:
-            new_module.requires_grad_(False)
+            new_module.requires_grad_(False)  # an additional adapter is not trainable until activated
         self._replace_module(parent, target_name, new_module, target)
-
-    def _roles(self, config: KVTuningConfig, target_name: str) -> list[tuple[str, torch.Tensor | None]]:
-        layout = self._kv_layout
-        if layout.fused is None:
-            return [("k" if target_name == layout.key else "v", None)]
-        k_rows, v_rows = fused_kv_rows(layout.fused_layout, _unwrap(self.model).config)
-        return [(role, rows) for role, rows in (("k", k_rows), ("v", v_rows)) if role in config.targets]
-
-    def _replace_module(
-        self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module
-    ) -> None:
-        setattr(parent, child_name, new_module)
-        # keep the deltas on the base weight's device
-        weight = child.weight
-        for name, module in new_module.named_modules():
-            if self.prefix in name or name == "":
-                for parameter in module.parameters(recurse=False):
-                    if parameter.device != weight.device:
-                        parameter.data = parameter.data.to(weight.device)
-
-    def _unload_and_optionally_merge(
-        self, merge=True, progressbar=False, safe_merge=False, adapter_names=None
-    ):
-        for name, module in list(self.model.named_modules()):
-            if isinstance(module, KVTuningLayer):
-                if merge:
-                    module.merge(safe_merge=safe_merge, adapter_names=adapter_names)
-                parent_name, _, child_name = name.rpartition(".")
-                parent = self.model.get_submodule(parent_name) if parent_name else self.model
-                setattr(parent, child_name, module.get_base_layer())
-        if hasattr(self.model, "peft_config"):
-            del self.model.peft_config
-        return self.model

@@ -12,6 +12,7 @@ This file runs as Hub remote code too: `save_pretrained` writes it next to the w
 configuration file and MomentumGPT's two files, and the guarded imports below find them as siblings.
 """
 
+import math
 import shutil
 import sys
 from dataclasses import dataclass
@@ -100,6 +101,16 @@ class MomentumGPTForInContextRegression(_SavesRemoteCode, MomentumGPTPreTrainedM
         self.model = MomentumGPTModel(config)
         self.read_out = nn.Linear(config.hidden_size, 1)
         self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if module is self.read_in or module is self.read_out:
+            # PyTorch's default Linear init, as Garg et al.'s read-in/out (built outside their GPT-2): the backbone's
+            # N(0, 0.02) would shrink the prompt's signal to the size of the position embeddings, and training then
+            # sits far longer on the plateau where the model predicts 0.
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            bound = 1 / math.sqrt(module.in_features)
+            init.uniform_(module.bias, -bound, bound)
 
     def forward(
         self,
