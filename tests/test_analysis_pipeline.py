@@ -135,7 +135,9 @@ def test_records_recompute_the_headline_metrics_with_independent_numpy(tokenizer
     def cos(a, b):
         return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
-    def tau(x, y):  # Kendall's tau-b by counting pairs (identical tokens at equal FT positions tie in layer 0)
+    def tau(
+        x, y
+    ):  # Kendall's tau-b by counting pairs (identical tokens at equal FT positions tie in layer 0)
         i, j = np.triu_indices(len(x), 1)
         sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
         return sx @ sy / np.sqrt(np.count_nonzero(sx) * np.count_nonzero(sy))
@@ -252,6 +254,28 @@ def test_learning_rate_tuning_scores_each_rate_by_its_ft_accuracy(tokenizer, tin
     assert result.run["tuning_split"] == "6 examples held out of the demo pool"
 
 
+def test_prompt_analysis_position_and_the_paper_protocol(tokenizer, tiny_llama):
+    model = tiny_llama(len(tokenizer))
+    config = _config(
+        analysis_position="prompt", paper_protocol=True, lr=None, lr_grid=[0.01, 0.1], save_records=True
+    )
+    result = analyze(model, tokenizer, config)
+    assert result.run["tuning_split"].startswith("eval (paper protocol")
+    # The recorded attention output is the last prompt token's (not the appended label token's).
+    layout = PromptLayout(tokenizer, get_task("sst2"))
+    example = load_task_data("sst2").eval.shuffle(seed=1)[0]
+    ids = torch.tensor([layout.start_ids + layout.query_ids(example, 0)])
+    seen = {}
+    hook = model.model.layers[1].self_attn.register_forward_hook(
+        lambda m, a, o: seen.setdefault("out", o[0][0])
+    )
+    with torch.no_grad():
+        model(ids)
+    hook.remove()
+    recorded = result.records.to_arrays()["pretrained/seed1/attention_output/zsl"][0, 1]
+    np.testing.assert_allclose(recorded, seen["out"][-2].numpy(), atol=1e-5)  # -1 is the label token
+
+
 def test_warnings_for_collapsed_ft_and_a_random_label_control_equal_to_the_main_run():
     def variant(predicted, simaou):
         v = VariantValues(predicted=predicted)
@@ -272,6 +296,22 @@ def test_warnings_for_collapsed_ft_and_a_random_label_control_equal_to_the_main_
         "random_label": variant([0, 1, 1, 0], [0.1] * 4),
     }
     assert warnings_for("pretrained", [3], [values], get_task("sst2")) == []
+
+
+def test_ft_dropout_is_seeded_and_bf16_forwards_keep_fp32_metrics(tokenizer, tiny_llama):
+    # FT runs in train mode, so a model's own dropout is active (as in the paper's fairseq FT): seeded, reproducible.
+    model = tiny_llama(len(tokenizer), attention_dropout=0.5)
+    first, second = (analyze(model, tokenizer, _config(n_eval=2)) for _ in range(2))
+    assert (
+        first.models["pretrained"].comparisons["gd"].simaou.mean
+        == second.models["pretrained"].comparisons["gd"].simaou.mean
+    )
+    bf16 = analyze(model.to(torch.bfloat16), tokenizer, _config(n_eval=2, save_records=True))
+    assert bf16.run["dtype"] == "bfloat16"
+    assert all(
+        array.dtype in (np.float32, np.float64, np.int64) for array in bf16.records.to_arrays().values()
+    )
+    assert math.isfinite(bf16.models["pretrained"].comparisons["gd"].simaou.mean)
 
 
 # ------------------------------------------------------------------------------------------------ FT and controls

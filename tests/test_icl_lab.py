@@ -91,7 +91,9 @@ def test_mqar_prompts_answer_every_key_with_its_value():
         n = sum(1 for token in ids if token) // 4
         assert 2 <= n <= 6 and all(token == 0 for token in ids[4 * n :])
         keys, values = ids[0 : 2 * n : 2], ids[1 : 2 * n : 2]
-        assert len(set(keys)) == n and all(1 <= key <= task.n_keys < value for key, value in zip(keys, values))
+        assert len(set(keys)) == n and all(
+            1 <= key <= task.n_keys < value for key, value in zip(keys, values)
+        )
         memory = dict(zip(keys, values))
         queries = ids[2 * n : 4 * n : 2]
         assert sorted(queries) == sorted(keys)
@@ -120,7 +122,9 @@ def test_ols_and_ridge_match_closed_forms():
     assert torch.allclose(ols(xs, ys), normal_equations, atol=1e-10)
     # Fewer examples than dimensions: the minimum-norm interpolant X^T (X X^T)^-1 y.
     few_x, few_y = xs[:, :2], ys[:, :2]
-    min_norm = (few_x.transpose(1, 2) @ torch.linalg.solve(few_x @ few_x.transpose(1, 2), few_y[..., None]))[..., 0]
+    min_norm = (few_x.transpose(1, 2) @ torch.linalg.solve(few_x @ few_x.transpose(1, 2), few_y[..., None]))[
+        ..., 0
+    ]
     assert torch.allclose(ols(few_x, few_y), min_norm, atol=1e-10)
     # Ridge in its dual form X^T (X X^T + lam I)^-1 y (the identity behind kernel ridge regression).
     lam = 0.7
@@ -164,7 +168,9 @@ def test_momentum_gradient_descent_matches_dai_sum_and_companion_matrix():
     drive = torch.cat([lr * b, torch.zeros_like(b)], dim=1)[..., None]
     state = sum(torch.linalg.matrix_power(companion, j) @ drive for j in range(steps))
     assert torch.allclose(expected, state[:, :d, 0], atol=1e-10)
-    assert torch.allclose(momentum_gradient_descent(xs, ys, lr, 0.0, steps), gradient_descent(xs, ys, lr, steps))
+    assert torch.allclose(
+        momentum_gradient_descent(xs, ys, lr, 0.0, steps), gradient_descent(xs, ys, lr, steps)
+    )
 
 
 def test_newton_iterations_match_eigen_closed_form_and_converge_to_ols():
@@ -232,7 +238,9 @@ def test_regression_model_is_causal_and_reads_out_every_layer():
     changed_x, changed_y = xs.clone(), ys.clone()
     changed_x[:, 4:] += 1.0
     changed_y[:, 3:] += 1.0
-    assert torch.allclose(model(changed_x, changed_y).predictions[:, :4], output.predictions[:, :4], atol=1e-6)
+    assert torch.allclose(
+        model(changed_x, changed_y).predictions[:, :4], output.predictions[:, :4], atol=1e-6
+    )
     assert not torch.allclose(model(changed_x, changed_y).predictions[:, 4], output.predictions[:, 4])
     with pytest.raises(ValueError, match="max_points=6"):
         model(torch.randn(1, 7, 3))
@@ -245,7 +253,11 @@ def test_lab_models_save_and_load_through_the_auto_classes(tmp_path):
             layer.attn.eta_logit.uniform_(-2, 2)
     model.save_pretrained(tmp_path / "regression")
     files = set(os.listdir(tmp_path / "regression"))
-    assert {"configuration_momentum_gpt.py", "modeling_momentum_gpt.py", "modeling_icl_regression.py"} <= files
+    assert {
+        "configuration_momentum_gpt.py",
+        "modeling_momentum_gpt.py",
+        "modeling_icl_regression.py",
+    } <= files
     assert isinstance(AutoConfig.from_pretrained(tmp_path / "regression"), MomentumGPTICLRegressionConfig)
     reloaded = AutoModel.from_pretrained(tmp_path / "regression").eval()
     assert type(reloaded) is MomentumGPTForInContextRegression
@@ -268,7 +280,12 @@ def test_lab_models_load_as_remote_code_without_the_plugin(tmp_path):
     lsa.save_pretrained(tmp_path / "lsa")
     xs, ys = torch.randn(2, 6, 3), torch.randn(2, 6)
     with torch.no_grad():
-        expected = {"xs": xs, "ys": ys, "regression": model(xs, ys).predictions, "lsa": lsa(xs, ys).predictions}
+        expected = {
+            "xs": xs,
+            "ys": ys,
+            "regression": model(xs, ys).predictions,
+            "lsa": lsa(xs, ys).predictions,
+        }
     save_file(expected, tmp_path / "expected.safetensors")
     script = textwrap.dedent(
         f"""
@@ -291,7 +308,9 @@ def test_lab_models_load_as_remote_code_without_the_plugin(tmp_path):
         """
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
     assert "REMOTE_OK MomentumGPTForInContextRegression" in result.stdout, result.stderr[-3000:]
     assert "REMOTE_OK LinearSelfAttentionForInContextRegression" in result.stdout, result.stderr[-3000:]
 
@@ -321,7 +340,17 @@ TINY = [
 
 def test_cli_end_to_end_regression_resumes_and_exports_cards(tmp_path, capsys):
     out = tmp_path / "lab"
-    argv = ["icl-lab", "--task", "linear-regression", "--etas", "0,0.5", "--n-dims", "3", "--max-examples", "5"]
+    argv = [
+        "icl-lab",
+        "--task",
+        "linear-regression",
+        "--etas",
+        "0,0.5",
+        "--n-dims",
+        "3",
+        "--max-examples",
+        "5",
+    ]
     assert main([*argv, *TINY, "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert {"config", "curves", "baselines", "alignment", "positive_control"} <= set(results)
@@ -348,6 +377,11 @@ def test_cli_end_to_end_regression_resumes_and_exports_cards(tmp_path, capsys):
     assert "η = 0.5" in card and folders[0] in card
     loaded = AutoModel.from_pretrained(cards / folders[1])
     assert type(loaded) is MomentumGPTForInContextRegression and loaded.config.momentum_eta == 0.5
+
+    # Runs trained with other settings are never silently reused.
+    assert main([*argv, *TINY, "--out", str(out), "--hidden-size", "32"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "hidden_size: 16 -> 32" in error and len(error.splitlines()) == 1
 
 
 def test_cli_end_to_end_mqar(tmp_path):

@@ -22,8 +22,8 @@ from transformers import (
 
 import transformers_momentum as tm
 from transformers_momentum import MomentumGPTConfig, MomentumGPTForCausalLM, momentum_scan
-from transformers_momentum.models.momentum_gpt.modeling_momentum_gpt import allowed_keys, masked_momentum
 from transformers_momentum.compat import cache_kwargs, output_cache
+from transformers_momentum.models.momentum_gpt.modeling_momentum_gpt import allowed_keys, masked_momentum
 
 ATOL_FP32 = 1e-5
 ATOL_CACHE = 1e-4
@@ -51,7 +51,9 @@ def tiny_model(**overrides) -> MomentumGPTForCausalLM:
     return MomentumGPTForCausalLM(tiny_config(**overrides)).eval()
 
 
-def naive_momentum(values: torch.Tensor, eta, state=None, document_starts=()) -> tuple[torch.Tensor, torch.Tensor]:
+def naive_momentum(
+    values: torch.Tensor, eta, state=None, document_starts=()
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference recurrence m_0 = s, m_{t+1} = eta * (m_t + v_t), in float64; m restarts at 0 at document starts."""
     v = values.double()
     eta = torch.as_tensor(eta, dtype=torch.float64).reshape(-1)[None, :, None].expand(1, v.shape[1], 1)
@@ -140,8 +142,12 @@ def test_masked_momentum_follows_any_4d_mask():
         allowed[1, 0, q, (7 if t >= 7 else 0) : t + 1] = True
     want = naive_masked_momentum(values, 0.7, allowed)
     torch.testing.assert_close(masked_momentum(values, 0.7, allowed), want, atol=1e-12, rtol=1e-12)
-    additive = torch.zeros(allowed.shape, dtype=torch.float64).masked_fill(~allowed, torch.finfo(torch.float64).min)
-    torch.testing.assert_close(masked_momentum(values, 0.7, allowed_keys(additive)), want, atol=1e-12, rtol=1e-12)
+    additive = torch.zeros(allowed.shape, dtype=torch.float64).masked_fill(
+        ~allowed, torch.finfo(torch.float64).min
+    )
+    torch.testing.assert_close(
+        masked_momentum(values, 0.7, allowed_keys(additive)), want, atol=1e-12, rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
@@ -270,11 +276,15 @@ def test_4d_and_dict_masks_equal_the_2d_mask():
     embeds = model.model.embed_tokens(ids)
     for implementation in ("eager", "sdpa"):  # additive float / boolean 4-D masks
         model.config._attn_implementation = implementation
-        mask_4d = create_causal_mask(model.config, embeds, mask, **cache_kwargs(None), position_ids=position_ids)
+        mask_4d = create_causal_mask(
+            model.config, embeds, mask, **cache_kwargs(None), position_ids=position_ids
+        )
         got = model(ids, attention_mask=mask_4d, position_ids=position_ids).logits
         torch.testing.assert_close(got[1, 6:], want[1, 6:], atol=ATOL_FP32, rtol=0)
         torch.testing.assert_close(got[0], want[0], atol=ATOL_FP32, rtol=0)
-        masks = create_masks_for_generate(model.config, embeds, mask, **cache_kwargs(None), position_ids=position_ids)
+        masks = create_masks_for_generate(
+            model.config, embeds, mask, **cache_kwargs(None), position_ids=position_ids
+        )
         assert set(masks) == {"full_attention", "linear_attention"}
         got = model(ids, attention_mask=masks, position_ids=position_ids).logits
         torch.testing.assert_close(got[1, 6:], want[1, 6:], atol=ATOL_FP32, rtol=0)
@@ -289,7 +299,9 @@ def test_4d_mask_continues_the_cached_state():
     full = model(ids).logits
     cache = DynamicCache(config=model.config)
     embeds = model.model.embed_tokens(ids[:, :16])
-    mask_4d = create_causal_mask(model.config, embeds, torch.ones(1, 16, dtype=torch.long), **cache_kwargs(cache))
+    mask_4d = create_causal_mask(
+        model.config, embeds, torch.ones(1, 16, dtype=torch.long), **cache_kwargs(cache)
+    )
     pieces = [model(ids[:, :16], attention_mask=mask_4d, **cache_kwargs(cache), use_cache=True).logits]
     pieces += [model(ids[:, t : t + 1], **cache_kwargs(cache), use_cache=True).logits for t in range(16, 24)]
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=ATOL_CACHE, rtol=0)
@@ -480,7 +492,15 @@ def test_shipped_checkpoints_leave_decoding_to_the_caller(config_file):
     from transformers import GenerationConfig
 
     folder = config_file.parent
-    overrides = {"do_sample", "top_k", "top_p", "temperature", "max_new_tokens", "max_length", "min_new_tokens"}
+    overrides = {
+        "do_sample",
+        "top_k",
+        "top_p",
+        "temperature",
+        "max_new_tokens",
+        "max_length",
+        "min_new_tokens",
+    }
     assert not overrides & set(json.loads((folder / "generation_config.json").read_text()))
     assert not GenerationConfig.from_pretrained(folder).do_sample  # greedy unless the caller asks
     config = AutoConfig.from_pretrained(folder)

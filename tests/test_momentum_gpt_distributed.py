@@ -25,7 +25,14 @@ def test_tensor_parallel_on_two_cpu_processes_equals_one_process(tmp_path):
     transformers' own tensor parallelism (`from_pretrained(..., distributed_config=DistributedConfig(tp_size=2))`,
     DTensor on a gloo mesh): logits, greedy generation, loss and gradients equal the unsharded model's."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    command = [torchrun, "--standalone", "--nproc_per_node", "2", str(SCRIPTS / "tp_momentum_gpt.py"), str(tmp_path)]
+    command = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(SCRIPTS / "tp_momentum_gpt.py"),
+        str(tmp_path),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]

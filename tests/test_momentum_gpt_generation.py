@@ -122,7 +122,9 @@ def test_eta_zero_is_plain_attention_assisted_and_prompt_lookup_decoding_equal_g
     ids = torch.randint(3, 97, (1, 12))
     settings = dict(max_new_tokens=10, min_new_tokens=10, do_sample=False)
     greedy = model.generate(ids, **settings)
-    draft = MomentumGPTForCausalLM(MomentumGPTConfig(**{**model.config.to_dict(), "num_hidden_layers": 1})).eval()
+    draft = MomentumGPTForCausalLM(
+        MomentumGPTConfig(**{**model.config.to_dict(), "num_hidden_layers": 1})
+    ).eval()
     assert torch.equal(model.generate(ids, assistant_model=draft, **settings), greedy)
     assert torch.equal(model.generate(ids, prompt_lookup_num_tokens=3, **settings), greedy)
 

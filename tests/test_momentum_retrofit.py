@@ -142,7 +142,11 @@ def test_retrofit_static_cache_equals_dynamic(impl):
     for batch in ((ids, mask), (ids[:1], mask[:1])):  # padded, and unpadded (sdpa's mask-free prefill)
         dynamic = model.generate(batch[0], attention_mask=batch[1], return_dict_in_generate=True, **settings)
         static = model.generate(
-            batch[0], attention_mask=batch[1], cache_implementation="static", return_dict_in_generate=True, **settings
+            batch[0],
+            attention_mask=batch[1],
+            cache_implementation="static",
+            return_dict_in_generate=True,
+            **settings,
         )
         assert torch.equal(static.sequences, dynamic.sequences)
         for step_static, step_dynamic in zip(static.logits, dynamic.logits, strict=True):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -34,7 +35,13 @@ from transformers_momentum.pretraining import (
     seed_interval,
     token_stream,
 )
-from transformers_momentum.pretraining.card import Interval, checkpoint_name, human_count, results_record, verdict
+from transformers_momentum.pretraining.card import (
+    Interval,
+    checkpoint_name,
+    human_count,
+    remote_code_requirement,
+    verdict,
+)
 
 RECORDED_RUNS = DATA / "shipped_checkpoint_runs.json"
 
@@ -124,13 +131,14 @@ def test_seed_intervals_match_the_hand_computed_t_interval():
     interval = seed_interval([10.0, 11.0, 12.5, 9.5])
     assert interval.mean == pytest.approx(10.75) and interval.n == 4
     assert interval.half_width == pytest.approx(3.182446305284263 * math.sqrt(1.75) / 2, rel=1e-12)
-    # Paired by seed: the interval of the per-seed differences (-6, -2, -17), t(0.975, 2 df) = 4.302652729911275.
+    # Paired by seed: the interval of the per-seed differences (-6, -2, -17). With 2 df the t CDF is closed-form,
+    # F(t) = 1/2 + t / (2 sqrt(2 + t^2)), so t(0.975) solves t / sqrt(2 + t^2) = 0.95.
     paired = seed_interval([170.0, 190.0, 156.0], paired_with=[176.0, 192.0, 173.0])
     differences = [-6.0, -2.0, -17.0]
     sd = math.sqrt(sum((d + 25 / 3) ** 2 for d in differences) / 2)
-    assert paired.mean == pytest.approx(-25 / 3) and paired.half_width == pytest.approx(
-        4.302652729911275 * sd / math.sqrt(3), rel=1e-12
-    )
+    t_2df = math.sqrt(2 * 0.95**2 / (1 - 0.95**2))
+    assert paired.mean == pytest.approx(-25 / 3)
+    assert paired.half_width == pytest.approx(t_2df * sd / math.sqrt(3), rel=1e-12)
     single = seed_interval([3.0])
     assert single.mean == 3.0 and single.n == 1 and math.isnan(single.half_width) and str(single) == "3.00 (1 seed)"
     assert seed_interval([55.0, 55.0, 55.0]) == Interval(55.0, 55.0, 55.0, 3)  # no spread, no warning
@@ -156,6 +164,9 @@ def test_end_to_end_run_produces_a_loadable_checkpoint(trained_run):
     assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "loss_curve.png"} <= names
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth"))]
     assert {"checkpoint-8", "checkpoint-16"} <= names  # the Trainer's resume state, beside the final weights
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # a normal folder, not a 0700 temporary one
     config = json.loads((out / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"].startswith("modeling_momentum_gpt")
     tok = AutoTokenizer.from_pretrained(out)
@@ -204,9 +215,8 @@ def test_cli_pretrain_takes_every_training_argument(tmp_path, capsys):
 
     assert main(["pretrain", "--train_files", str(TRAIN), "--validation_files", str(VALID), "--momentum_eta", "1.5"]) == 2
     assert "momentum_eta must be in [0, 1)" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_info:  # argparse: unknown flag
-        main(["pretrain", "--train_files", str(TRAIN), "--validation_files", str(VALID), "--no_such_flag", "1"])
-    assert exit_info.value.code == 2
+    assert main(["pretrain", "--train_files", str(TRAIN), "--validation_files", str(VALID), "--no_such_flag", "1"]) == 2
+    assert "--no_such_flag" in capsys.readouterr().err
 
 
 def test_names_and_verdicts():
@@ -220,12 +230,21 @@ def test_names_and_verdicts():
     assert verdict(Interval(0.5, math.nan, math.nan, 1), "512").startswith("Only 1 paired seed")
 
 
+def test_the_remote_code_requirement_follows_the_package_range():
+    assert remote_code_requirement("transformers>=5.23,<5.25") == (
+        "transformers >= 5.23 (CI tests it on 5.23 and on the newest release, 5.24)"
+    )
+    assert remote_code_requirement("transformers<6,>=5.23") == "transformers >= 5.23"
+    assert remote_code_requirement("transformers") is None
+
+
 def _render(record: dict, arm: str = "momentum", namespace: str = "transformers-momentum"):
     names = {"momentum": "momentum-gpt-1.4M-1.6M", "vanilla": "vanilla-gpt-1.4M-1.6M"}
     twin = names["vanilla" if arm == "momentum" else "momentum"]
     return render_card(
         record["arms"], own_arm=arm, repo_id=f"{namespace}/{names[arm]}", twin_repo_id=f"{namespace}/{twin}",
         sweep=record["sweep"], license=record["license"], command=record["command"], icl_results=record["icl"],
+        transformers_requirement="transformers>=5.23,<5.25",
     )  # fmt: skip
 
 
@@ -255,6 +274,7 @@ def test_card_states_what_the_run_summaries_say(recorded_runs):
         run["environment"].update(device="cuda", device_name="NVIDIA H100", processes=8, torch_threads=4, cpu_count=64)
         run["data_arguments"].update(dataset_name="my-corpus", dataset_description="news articles from 2020")
         run["train_seconds"] = 100.0
+    elsewhere["command"] = "python train.py"
     text = _render(elsewhere, arm="vanilla", namespace="someone-else").text
     assert "8 processes x 4 torch threads on NVIDIA H100 (64-core machine)" in text
     assert "news articles from 2020" in text and "`my-corpus`" in text
@@ -270,7 +290,7 @@ def test_a_real_run_summary_holds_everything_the_card_reads(trained_run, recorde
     def assert_keys_within(recorded, real, where="summary"):
         for key, value in recorded.items():
             assert key in real, f"{where}.{key} is in the recorded summary but not in a real one"
-            if isinstance(value, dict) and value:
+            if isinstance(value, dict) and value and key != "validation_perplexity":  # keyed by the run's lengths
                 assert_keys_within(value, real[key], f"{where}.{key}")
 
     assert_keys_within(recorded_runs["arms"]["momentum"][0], summary)

@@ -6,6 +6,7 @@ model_cards/ lives in the repository, not in the sdist (12 MB of weights): from 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,9 @@ def test_shipped_cards_are_the_template_rendered_from_their_runs():
     and the recorded runs give the shipped results.json (computed by the earlier statistics code)."""
     from transformers_momentum.pretraining.card import render_card, results_record
 
+    # The transformers range as pyproject.toml declares it now (the installed metadata may predate an edit).
+    pyproject = (CARDS.parent / "pyproject.toml").read_text()
+    requirement = re.search(r'"(transformers>=[^"]+)"', pyproject).group(1)
     record = json.loads(RECORDED_RUNS.read_text())
     sweep = {float(eta): run for eta, run in record["sweep"].items()}
     names = {"momentum": "momentum-gpt-1.4M-1.6M", "vanilla": "vanilla-gpt-1.4M-1.6M"}
@@ -85,7 +89,7 @@ def test_shipped_cards_are_the_template_rendered_from_their_runs():
         card = render_card(
             record["arms"], own_arm=arm, repo_id=f"{record['hub_namespace']}/{name}",
             twin_repo_id=f"{record['hub_namespace']}/{twin}", sweep=sweep, license=record["license"],
-            command=record["command"], icl_results=record["icl"],
+            command=record["command"], icl_results=record["icl"], transformers_requirement=requirement,
         )  # fmt: skip
         assert str(card) == (CARDS / name / "README.md").read_text(), f"{name}/README.md differs from the template"
 

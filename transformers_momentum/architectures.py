@@ -376,7 +376,22 @@ def _kv_layout_of(attention: nn.Module) -> KVLayout | None:
 
 
 def _module_lists(decoder: nn.Module) -> list[tuple[str, nn.ModuleList]]:
-    lists = [(n, m) for n, m in decoder.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0 and n]
+    """The decoder's non-empty ModuleLists, shallowest first, leaving out sub-models of their own (a vision tower
+    inside the text decoder, as in GIT)."""
+    config = getattr(decoder, "config", None)
+    foreign = [
+        name + "."
+        for name, module in decoder.named_modules()
+        if name and hasattr(module, "base_model_prefix") and getattr(module, "config", config) is not config
+    ]
+    lists = [
+        (name, module)
+        for name, module in decoder.named_modules()
+        if name
+        and isinstance(module, nn.ModuleList)
+        and len(module) > 0
+        and not name.startswith(tuple(foreign))
+    ]
     return sorted(lists, key=lambda item: item[0].count("."))
 
 
@@ -408,12 +423,20 @@ def _detect(decoder: nn.Module) -> ArchitectureSpec | str:
             f"its attention has a fused projection ({sorted(set(fused))[0]}) whose row layout is not in "
             "transformers_momentum.architectures.ARCHITECTURES"
         )
-    classes = sorted({type(block).__name__ for _, blocks in _module_lists(decoder)[:1] for block in blocks})
+    lists = _module_lists(decoder)
+    blocks = [block for block in lists[0][1]] if lists else []
+    with_kv = sorted(
+        {type(m).__name__ for block in blocks for _, m in block.named_modules() if _kv_layout_of(m)}
+    )
+    if with_kv:
+        return (
+            f"its attention ({', '.join(with_kv)}) is computed outside transformers' attention interface, and the "
+            "model type is not in transformers_momentum.architectures.ARCHITECTURES"
+        )
+    classes = sorted({type(block).__name__ for block in blocks})
     return (
-        "no softmax attention found: none of its blocks "
-        f"({', '.join(classes) or 'none'}) has an attention module that calls transformers' attention interface "
-        "with key/value projections (attention-free models, e.g. state-space or RWKV blocks, have no keys and "
-        "values to tune)"
+        f"attention-free: its blocks ({', '.join(classes) or 'none found'}) have no softmax attention, hence no keys "
+        "and values to tune or probe"
     )
 
 
@@ -444,7 +467,7 @@ def get_architecture(model: nn.Module) -> ArchitectureSpec:
         return ARCHITECTURES[model_type]
     if outer_type in ARCHITECTURES:
         return ARCHITECTURES[outer_type]
-    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+    if _is_encoder_decoder(getattr(model, "config", None)):
         raise ValueError(
             f"{type(model).__name__} (model_type={outer_type!r}) is an encoder-decoder model; K/V tuning and the "
             "analyzer work on the self-attention of decoder-only causal LMs."
@@ -457,6 +480,17 @@ def get_architecture(model: nn.Module) -> ArchitectureSpec:
         )
     _DETECTED[model] = ((model_type, outer_type), found)
     return found
+
+
+def _is_encoder_decoder(config) -> bool:
+    """The config, or its class's defaults, describe an encoder-decoder model (`BartForCausalLM` and the like keep
+    only the decoder and clear the flag on their own copy of the config)."""
+    if getattr(config, "is_encoder_decoder", False):
+        return True
+    try:
+        return bool(getattr(type(config)(), "is_encoder_decoder", False))
+    except Exception:  # a config class that cannot be built without arguments says nothing either way
+        return False
 
 
 # Detection walks the model's modules; remember its answer per model (and per model_type, which tests rename).

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +69,18 @@ def _gguf_location(spec: OfflineModel) -> tuple[str, str]:
     return str(path.parent), path.name
 
 
+def staging_folder(target: Path) -> Path:
+    """A new empty sibling of ``target`` to write into before renaming it to ``target``.
+
+    A plain ``mkdir`` rather than ``tempfile.mkdtemp``: the latter makes 0700 folders, and the renamed folder would
+    keep that mode; this one gets the permissions of the user's umask like any other folder.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}-{uuid.uuid4().hex}"
+    staging.mkdir()
+    return staging
+
+
 def offline_model_path(name: str) -> Path:
     """Return a plain HF checkpoint directory for ``name``, converting the packaged GGUF on first use."""
     if name not in OFFLINE_MODELS:
@@ -87,9 +99,8 @@ def offline_model_path(name: str) -> Path:
         delattr(config, "quantization_config")
     clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     clean.load_state_dict(gguf_model.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
     # Write into a temporary sibling and rename, so an interrupted conversion never leaves a half cache.
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    staging = staging_folder(target)
     try:
         clean.save_pretrained(staging)
         tokenizer.save_pretrained(staging)

@@ -42,7 +42,9 @@ def reference(checkpoint: Path, learnable_eta: bool) -> None:
     ids = torch.randint(3, 96, (2, 24), generator=torch.Generator().manual_seed(1))
     logits = model(ids).logits.detach()
     prompt = ids[:, :10]
-    generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, do_sample=False)
+    generated = model.generate(
+        prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, do_sample=False
+    )
     model.train()
     loss = model(ids, labels=ids).loss
     loss.backward()
@@ -66,13 +68,17 @@ def main(out_dir: str) -> None:
             reference(checkpoint, learnable_eta)
         dist.barrier()
         expected = load_file(checkpoint / "reference.safetensors")
-        model = AutoModelForCausalLM.from_pretrained(checkpoint, distributed_config=DistributedConfig(tp_size=2))
+        model = AutoModelForCausalLM.from_pretrained(
+            checkpoint, distributed_config=DistributedConfig(tp_size=2)
+        )
         model.eval()
         ids = expected["ids"]
         with torch.no_grad():
             logits = model(ids).logits
         prompt = ids[:, :10]
-        generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, do_sample=False)
+        generated = model.generate(
+            prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, do_sample=False
+        )
         model.train()
         loss = model(ids, labels=ids).loss
         loss.backward()
@@ -90,7 +96,12 @@ def main(out_dir: str) -> None:
             "q_proj_local_rows": _local_rows(attention.q_proj.weight),
             "eta_local_heads": _local_rows(attention.eta_logit) if learnable_eta else None,
         }
-    record = {"rank": rank, "world_size": dist.get_world_size(), "backend": dist.get_backend(), "runs": records}
+    record = {
+        "rank": rank,
+        "world_size": dist.get_world_size(),
+        "backend": dist.get_backend(),
+        "runs": records,
+    }
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(record))
     dist.destroy_process_group()
 

@@ -69,18 +69,31 @@ class Engine:
         return {name: p.detach().clone() for name, p in self.params.items()}
 
     def finetune(
-        self, sequences: list[list[int]], lr: float, *, method: str = "gd", record_queries: bool = False
+        self,
+        sequences: list[list[int]],
+        lr: float,
+        *,
+        method: str = "gd",
+        record_queries: bool = False,
+        seed: int = 0,
     ) -> tuple[State, FinetuneTrace]:
-        """K/V deltas after one epoch of batch-1 SGD on `sequences` from zero, and the training trace."""
+        """K/V deltas after one epoch of batch-1 SGD on `sequences` from zero, and the training trace.
+
+        FT runs in train mode, so a model's own dropout is active (the paper's fairseq GPTs: 0.1); its random stream
+        is seeded with `seed` so that a run is reproducible, without touching the caller's global generator.
+        """
         self.load_state(self.zero_state)
-        trace = kv_finetune(
-            self.model,
-            sequences,
-            lr,
-            method=method,
-            probe=self.probe if record_queries else None,
-            start_length=len(self.layout.start_ids),
-        )
+        device = next(self.model.parameters()).device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            trace = kv_finetune(
+                self.model,
+                sequences,
+                lr,
+                method=method,
+                probe=self.probe if record_queries else None,
+                start_length=len(self.layout.start_ids),
+            )
         return self.snapshot(), trace
 
     def deltas_finite(self) -> bool:

@@ -9,8 +9,9 @@
   prompt position's distribution scores every candidate, so only candidate 0's sequence is run (the code's
   shortcut); longer answers get one sequence per candidate.
 * Speed: the demonstration context runs once and its KV cache is shared by every evaluation example. Evaluation
-  sequences are right-padded into batches of up to ``batch_size`` sequences (right padding keeps every real token at
-  the position it has unpadded); with a cached context, each batch gets the cache repeated along the batch axis.
+  sequences are sorted by length and right-padded into batches of up to ``batch_size`` sequences (right padding
+  keeps every real token at the position it has unpadded); with a cached context, each batch gets the cache repeated
+  along the batch axis. Results come back in the examples' order.
 """
 
 from __future__ import annotations
@@ -178,14 +179,18 @@ class CandidateScorer:
         return rows
 
     def batches(self, rows: list[Row]) -> list[list[Row]]:
-        """Consecutive rows, whole examples at a time, at most `batch_size` rows per batch (at least one example)."""
+        """Whole examples at a time, at most `batch_size` rows per batch (at least one example), examples of
+        similar length together so that little of a batch is padding. The order does not change any result."""
+        by_example: dict[int, list[Row]] = {}
+        for row in rows:
+            by_example.setdefault(row.example, []).append(row)
+        ordered = sorted(by_example.values(), key=lambda group: max(len(r.ids) for r in group))
         batches, current = [], []
-        for example in sorted({r.example for r in rows}):
-            rows_of = [r for r in rows if r.example == example]
-            if current and len(current) + len(rows_of) > self.batch_size:
+        for group in ordered:
+            if current and len(current) + len(group) > self.batch_size:
                 batches.append(current)
                 current = []
-            current += rows_of
+            current += group
         return batches + ([current] if current else [])
 
     def score(

@@ -21,6 +21,7 @@ def order_control(
     seed: int,
     permutations: int,
     in_order: dict[str, tuple[list[int], list[float]]],
+    dropout_seed: int = 0,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{"icl" | "ft": (changed across orders, std of P(gold) across orders)}, each per example.
 
@@ -33,7 +34,7 @@ def order_control(
     for _ in range(permutations):
         permuted = [demos[i] for i in rng.permutation(len(demos))]
         icl = engine.predictions(layout.context(permuted), eval_examples, engine.zero_state)
-        state, _ = engine.finetune([layout.ft_sequence(d) for d in permuted], lr)
+        state, _ = engine.finetune([layout.ft_sequence(d) for d in permuted], lr, seed=dropout_seed + seed)
         ft = engine.predictions(layout.zero_shot_context(), eval_examples, state)
         for setting, scores in (("icl", icl), ("ft", ft)):
             runs[setting][0].append([s.predicted for s in scores])

@@ -241,7 +241,11 @@ class _ModelRun:
             training = variant.training_data(inputs)
             aligned = training.demos is not None and source is not None
             states[variant.name], trace = engine.finetune(
-                training.sequences, lr, method=variant.method, record_queries=aligned
+                training.sequences,
+                lr,
+                method=variant.method,
+                record_queries=aligned,
+                seed=config.bootstrap_seed + seed,
             )
             losses[variant.name], info[variant.name] = trace.losses, training.info
             kendall[variant.name] = None
@@ -272,8 +276,9 @@ class _ModelRun:
             output_topk=config.output_topk, records=self.records.begin(name, seed) if self.records else None,
         )  # fmt: skip
         examples = splits.eval_examples
-        for start in range(0, len(examples), config.batch_size):
-            chunk = examples[start : start + config.batch_size]
+        chunk_size = 4 * config.batch_size  # the scorer batches a chunk's examples by length
+        for start in range(0, len(examples), chunk_size):
+            chunk = examples[start : start + chunk_size]
             zsl = engine.evaluate(zero, chunk, engine.zero_state, moments=True)
             icl = engine.evaluate(prefix, chunk, engine.zero_state)
             ft = {v.name: engine.evaluate(zero, chunk, states[v.name]) for v in variants}
@@ -295,7 +300,9 @@ class _ModelRun:
                 "icl": (values.icl_predicted, values.icl_gold_probability),
                 "ft": (values.variants["gd"].predicted, values.variants["gd"].gold_probability),
             }
-            order = order_control(engine, demos, examples, lr, seed, config.order_permutations, in_order)
+            order = order_control(
+                engine, demos, examples, lr, seed, config.order_permutations, in_order, config.bootstrap_seed
+            )
             progress.set_postfix_str("")
         engine.load_state(engine.zero_state)
         seed_info = SeedInfo(

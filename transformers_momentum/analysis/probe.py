@@ -118,12 +118,16 @@ class AttentionProbe:
                 module.register_forward_hook(self._make_projection_hook(i, scaling))
                 for i, (module, scaling) in enumerate(projections)
             ]
-        base.set_attn_implementation(_PREFIX + backend)
-        self.fallback = not self._dispatches_through_interface()
+        # Models that compute attention in their own modules say so (and warn when asked to switch): skip the switch.
+        switchable = getattr(base, "_can_set_attn_implementation", lambda: True)()
+        if switchable:
+            base.set_attn_implementation(_PREFIX + backend)
+        self.fallback = not switchable or not self._dispatches_through_interface()
         # Exact score rows off the interface: the analysis token's own score fixes each row's softmax constant.
         self.exact_scores = not self.fallback
         if self.fallback:
-            base.set_attn_implementation("eager")
+            if switchable:
+                base.set_attn_implementation("eager")
             key_name = get_architecture(base).kv.key
             if plain_dot_product_scores(base) and self.has_projected_queries and key_name is not None:
                 self.exact_scores = True

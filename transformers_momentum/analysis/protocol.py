@@ -92,7 +92,7 @@ def tune_learning_rate(
     """The rate of the grid with the best FT accuracy on the tuning split (ties: the smaller rate)."""
     scores = {}
     for candidate in config.lr_grid:
-        state, _ = engine.finetune(sequences, candidate)
+        state, _ = engine.finetune(sequences, candidate, seed=config.bootstrap_seed + seed)
         engine.load_state(state)
         finite = engine.deltas_finite()
         scores[candidate] = (

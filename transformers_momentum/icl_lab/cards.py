@@ -104,7 +104,9 @@ def render_card(results: Mapping, eta: str, twin: str, name: str, twin_name: str
     ]
     if is_mqar:
         setting = f"vocabulary {config['vocab_size']}, up to {config['max_kv_pairs']} key-value pairs"
-        usage_input = "input_ids = torch.tensor([[1, 40, 2, 50, 2, 50, 1]])  # k1 v1 k2 v2 | k2 v2 k1 -> v1?"
+        n_keys = (config["vocab_size"] - 1) // 2  # ids 1..n_keys are keys, the rest values (0 pads)
+        v1, v2 = n_keys + 3, n_keys + 7
+        usage_input = f"input_ids = torch.tensor([[1, {v1}, 2, {v2}, 2, {v2}, 1]])  # k1 v1 k2 v2 | k2 v2 k1 -> v1 = {v1}?"
         usage_call = "model(input_ids=input_ids).logits[0, -1].argmax()"
     else:
         setting = (

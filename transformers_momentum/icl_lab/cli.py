@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 import sys
 
-from .config import ICLLabArguments
+from .config import ICLLabArguments, LabInputError
 
 _SHORT_HELP = (
     "In-context learning lab: synthetic tasks where ICL emerges, reference learners, the momentum arms."
@@ -54,13 +54,17 @@ def run_icl_lab_command(args: argparse.Namespace) -> int:
     values = {spec.name: getattr(args, spec.name) for spec in dataclasses.fields(ICLLabArguments)}
     try:
         lab_args = ICLLabArguments(**values)
-    except ValueError as error:
+    except LabInputError as error:
         print(f"transformers-momentum icl-lab: error: {error}", file=sys.stderr)
         return 2
 
     from .lab import run_icl_lab
 
-    run_icl_lab(lab_args)
+    try:
+        run_icl_lab(lab_args)
+    except LabInputError as error:
+        print(f"transformers-momentum icl-lab: error: {error}", file=sys.stderr)
+        return 2
     print(f"wrote {lab_args.out}/results.json, report.md and plots")
     if args.cards_dir:
         from .cards import export_checkpoints

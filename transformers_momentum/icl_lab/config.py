@@ -8,6 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 TASKS = ("linear-regression", "mqar")
+
+
+class LabInputError(ValueError):
+    """A setting or an output folder the lab cannot use; the CLI prints it as one line and exits with code 2."""
+
+
 LEARNABLE = "learnable"  # the arm whose per-head eta is a trained parameter
 
 
@@ -21,15 +27,15 @@ def parse_etas(text: str) -> tuple[str, ...]:
             try:
                 value = float(item)
             except ValueError:
-                raise ValueError(f"--etas: {item!r} is neither a number nor {LEARNABLE!r}") from None
+                raise LabInputError(f"--etas: {item!r} is neither a number nor {LEARNABLE!r}") from None
             if not 0.0 <= value < 1.0:
-                raise ValueError(f"--etas: eta must be in [0, 1); got {item}")
+                raise LabInputError(f"--etas: eta must be in [0, 1); got {item}")
             item = f"{value:g}"
         if item in etas:
-            raise ValueError(f"--etas: {item} is listed twice")
+            raise LabInputError(f"--etas: {item} is listed twice")
         etas.append(item)
     if not etas:
-        raise ValueError("--etas: give at least one value, e.g. 0,0.5")
+        raise LabInputError("--etas: give at least one value, e.g. 0,0.5")
     return tuple(etas)
 
 
@@ -37,9 +43,9 @@ def parse_ints(text: str, name: str) -> tuple[int, ...]:
     try:
         values = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise ValueError(f"{name}: expected comma-separated integers, got {text!r}") from None
+        raise LabInputError(f"{name}: expected comma-separated integers, got {text!r}") from None
     if not values:
-        raise ValueError(f"{name}: give at least one integer")
+        raise LabInputError(f"{name}: give at least one integer")
     return values
 
 
@@ -89,7 +95,9 @@ class ICLLabArguments:
     lsa_steps: int = field(
         default=1500, metadata={"help": "Training steps of the single-layer LSA (0: skip)."}
     )
-    lsa_learning_rate: float = field(default=1e-2, metadata={"help": "Peak learning rate of the LSA training."})
+    lsa_learning_rate: float = field(
+        default=1e-2, metadata={"help": "Peak learning rate of the LSA training."}
+    )
     lsa_n_dims: int = field(default=10, metadata={"help": "LSA rung: input dimension (von Oswald: 10)."})
     lsa_context: int = field(default=10, metadata={"help": "LSA rung: context points N (von Oswald: 10)."})
 
@@ -108,11 +116,11 @@ class ICLLabArguments:
 
     def __post_init__(self):
         if self.task not in TASKS:
-            raise ValueError(f"--task must be one of {', '.join(TASKS)}; got {self.task!r}")
+            raise LabInputError(f"--task must be one of {', '.join(TASKS)}; got {self.task!r}")
         self.eta_list = parse_etas(self.etas)
         self.seed_list = parse_ints(self.seeds, "--seeds")
         if len(set(self.seed_list)) != len(self.seed_list):
-            raise ValueError(f"--seeds: repeated seed in {self.seeds}")
+            raise LabInputError(f"--seeds: repeated seed in {self.seeds}")
         for name in (
             "steps",
             "n_dims",
@@ -123,19 +131,19 @@ class ICLLabArguments:
             "batch_size",
         ):
             if getattr(self, name) < 1:
-                raise ValueError(
+                raise LabInputError(
                     f"--{name.replace('_', '-')} must be a positive integer; got {getattr(self, name)}"
                 )
         if self.hidden_size % self.num_heads:
-            raise ValueError(
+            raise LabInputError(
                 f"--hidden-size ({self.hidden_size}) must be divisible by --num-heads ({self.num_heads})"
             )
         if self.x_distribution not in ("gaussian", "uniform"):
-            raise ValueError(f"--x-distribution must be gaussian or uniform; got {self.x_distribution!r}")
+            raise LabInputError(f"--x-distribution must be gaussian or uniform; got {self.x_distribution!r}")
         if not 0.0 < self.learnable_eta_init < 1.0:
-            raise ValueError(f"--learnable-eta-init must be in (0, 1); got {self.learnable_eta_init}")
+            raise LabInputError(f"--learnable-eta-init must be in (0, 1); got {self.learnable_eta_init}")
         if self.task == "mqar" and (self.vocab_size - 1) // 2 < self.max_kv_pairs:
-            raise ValueError(
+            raise LabInputError(
                 f"--vocab-size {self.vocab_size} has too few keys for --max-kv-pairs {self.max_kv_pairs}; "
                 f"use --vocab-size >= {2 * self.max_kv_pairs + 1}"
             )

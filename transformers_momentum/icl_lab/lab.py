@@ -23,7 +23,7 @@ from ..models.icl_regression import (
     MomentumGPTForInContextRegression,
 )
 from ..models.momentum_gpt import MomentumGPTForCausalLM
-from .config import LEARNABLE, ICLLabArguments
+from .config import LEARNABLE, ICLLabArguments, LabInputError
 from .evaluation import (
     alignment,
     fitted_weights,
@@ -137,6 +137,7 @@ def positive_control(args: ICLLabArguments, out: Path, train_lsa: bool) -> dict:
     eval_prompts = task.sample(args.n_eval, seed_generator(EVAL_SEED + 1))
     eval_weights = fitted_weights(learners, tuned, eval_prompts)
     per_seed = {}
+    _check_reusable(args, out / "runs" / "lsa", "lsa")
     for seed in args.seed_list:
         run_dir = out / "runs" / "lsa" / f"seed={seed}"
         model = _train_or_load(
@@ -264,10 +265,43 @@ def _evaluate_mqar_run(model, eta: str, seed: int, context: dict) -> dict:
     }
 
 
+#: The settings a trained run depends on: reusing a run needs all of them unchanged.
+_TRAINING_FIELDS = {
+    "linear-regression": ("n_dims", "max_examples", "noise_std", "x_distribution"),
+    "mqar": ("vocab_size", "max_kv_pairs"),
+    "lsa": ("lsa_n_dims", "lsa_context", "lsa_steps", "lsa_learning_rate"),
+    "common": ("steps", "num_layers", "hidden_size", "num_heads", "batch_size", "learning_rate", "warmup_ratio",
+               "learnable_eta_init"),
+}  # fmt: skip
+
+
+def _check_reusable(args: ICLLabArguments, folder: Path, kind: str) -> None:
+    """Record the training settings of `folder`'s runs, or check that a rerun uses the same ones (else refuse)."""
+    names = _TRAINING_FIELDS[kind] + (_TRAINING_FIELDS["common"] if kind != "lsa" else ())
+    settings = {name: getattr(args, name) for name in names}
+    path = folder / "training_settings.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        changed = [
+            f"{name}: {saved.get(name)} -> {value}"
+            for name, value in settings.items()
+            if saved.get(name) != value
+        ]
+        if changed:
+            raise LabInputError(
+                f"{folder} holds runs trained with other settings ({', '.join(changed)}); "
+                "use another --out or delete that folder"
+            )
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(path, settings)
+
+
 def _run_arms(
     args: ICLLabArguments, out: Path, context: dict, build, make_stream, evaluate, model_class
 ) -> dict:
     """Train (or reuse) and evaluate every (eta, seed); returns eta -> seed -> evaluation."""
+    _check_reusable(args, out / "runs" / args.task, args.task)
     evaluations: dict[str, dict[int, dict]] = {}
     pairs = [(eta, seed) for eta in args.eta_list for seed in args.seed_list]
     for eta, seed in tqdm(pairs, desc=f"{args.task} runs", disable=not args.progress):

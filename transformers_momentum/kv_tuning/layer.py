@@ -144,23 +144,27 @@ class KVTuningLayer(nn.Module, BaseTunerLayer):
         return result
 
     def _forward_effective_weight(self, x: torch.Tensor, adapters: list[str]) -> torch.Tensor:
-        """One matmul with W + ΔW (K/V rows only) instead of the base matmul plus a second full-rank one.
+        """The base layer's own forward with W + ΔW (K/V rows only): one matmul instead of the base matmul plus a
+        second full-rank one.
 
         Cheaper than `base(x) + x ΔWᵀ` (an out×in add instead of a tokens×in×out GEMM, forward and backward), and
-        still exact where it must be: with zero deltas W + 0 == W bit for bit, and rows outside the K/V rows are
-        the base weight's own values (query rows of a fused projection never see a delta).
+        exact where it must be: the base layer's own code runs (`Conv1D`'s addmm, `Linear`'s linear), with zero
+        deltas W + 0 == W bit for bit, and rows outside the K/V rows are the base weight's own values (query rows of
+        a fused projection never see a delta).
         """
         base = self.get_base_layer()
-        weight = transpose(base.weight, self.fan_in_fan_out)
-        bias = getattr(base, "bias", None)
+        row_dim = 1 if self.fan_in_fan_out else 0  # where the output rows are in the stored weight
+        weight, bias = base.weight, getattr(base, "bias", None)
         for adapter in adapters:
             delta, rows = self.kv_tuning_weight[adapter], self.kv_tuning_rows[adapter]
             covers_all = self.kv_tuning_all_rows[adapter]
-            weight = weight + delta if covers_all else weight.index_add(0, rows, delta)
+            delta = transpose(delta, self.fan_in_fan_out)
+            weight = weight + delta if covers_all else weight.index_add(row_dim, rows, delta)
             if adapter in self.kv_tuning_bias and bias is not None:
                 bias_delta = self.kv_tuning_bias[adapter]
                 bias = bias + bias_delta if covers_all else bias.index_add(0, rows, bias_delta)
-        return nn.functional.linear(x, weight, bias)
+        parameters = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
+        return torch.func.functional_call(base, parameters, (x,))
 
     @torch.no_grad()
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:

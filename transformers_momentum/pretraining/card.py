@@ -153,21 +153,35 @@ def _number(value: float) -> str:
     return f"{value:g}".replace("e-0", "e-").replace("e+0", "e+")
 
 
-def _remote_code_requirement() -> str | None:
-    """The transformers floor of this package's metadata (the remote code uses the same v5 internals)."""
+def remote_code_requirement(transformers_requirement: str) -> str | None:
+    """What the card says the remote code needs, from this package's transformers requirement.
+
+    ``"transformers>=5.23,<5.25"`` reads "transformers >= 5.23 (CI tests it on 5.23 and on the newest release,
+    5.24)": the remote code uses the same v5 internals as the package, whose range is capped at the newest minor
+    release the test suite runs on.
+    """
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    requirement = Requirement(transformers_requirement)
+    floors = [spec.version for spec in requirement.specifier if spec.operator == ">="]
+    ceilings = [Version(spec.version) for spec in requirement.specifier if spec.operator == "<"]
+    if not floors:
+        return None
+    text = f"transformers >= {floors[0]}"
+    if ceilings and ceilings[0].minor > 0:
+        text += f" (CI tests it on {floors[0]} and on the newest release, {ceilings[0].major}.{ceilings[0].minor - 1})"
+    return text
+
+
+def _installed_transformers_requirement() -> str | None:
     from importlib.metadata import PackageNotFoundError, requires
 
-    from packaging.requirements import Requirement
-
     try:
-        requirements = [Requirement(line) for line in requires("transformers-momentum") or []]
+        lines = requires("transformers-momentum") or []
     except PackageNotFoundError:
         return None
-    for requirement in requirements:
-        floors = [spec.version for spec in requirement.specifier if spec.operator == ">="]
-        if requirement.name == "transformers" and floors:
-            return f"transformers >= {floors[0]}"
-    return None
+    return next((line for line in lines if line.replace(" ", "").startswith("transformers")), None)
 
 
 def _schedule(training: Mapping[str, Any], warmup_steps: int) -> str:
@@ -213,6 +227,7 @@ def render_card(
     icl_results: Mapping[str, Any] | None = None,
     published_seed: int = 0,
     hub_url: str = "https://huggingface.co",
+    transformers_requirement: str | None = None,
     template_path: str | Path = TEMPLATE,
 ):
     """The `huggingface_hub.ModelCard` of one arm's published checkpoint.
@@ -227,6 +242,7 @@ def render_card(
         icl_results: an ICL accuracy table ``{"description", "tasks", "arms": {column: {task: cell}}, "baselines"}``.
         published_seed: the seed whose weights are published.
         hub_url: where ``<twin_repo_id>`` resolves for the link.
+        transformers_requirement: e.g. ``"transformers>=5.23,<5.25"``; default: this package's installed metadata.
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -243,6 +259,7 @@ def render_card(
     momentum_eta = float(arms["momentum"][0]["model_config"]["momentum_eta"])
     labels = {arm: label.format(eta=momentum_eta) for arm, label in ARM_LABELS.items()}
     parameters, tokens_seen = published["parameters"], published["train_tokens_seen"]
+    requirement = transformers_requirement or _installed_transformers_requirement()
 
     card_data = ModelCardData(
         language=data.get("language"),
@@ -289,7 +306,7 @@ def render_card(
         "tokens": human_count(tokens_seen),
         "below_compute_optimal": tokens_seen < COMPUTE_OPTIMAL_TOKENS_PER_PARAMETER * parameters["total"],
         "tokens_per_parameter": COMPUTE_OPTIMAL_TOKENS_PER_PARAMETER,
-        "remote_code_requirement": _remote_code_requirement(),
+        "remote_code_requirement": remote_code_requirement(requirement) if requirement else None,
         "verdict": verdict(difference.get(block), block),
         "per_seed": per_seed_differences(arms, block),
         "lengths": lengths,
