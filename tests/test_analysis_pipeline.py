@@ -267,7 +267,7 @@ def test_prompt_analysis_position_and_the_paper_protocol(tokenizer, tiny_llama):
     ids = torch.tensor([layout.start_ids + layout.query_ids(example, 0)])
     seen = {}
     hook = model.model.layers[1].self_attn.register_forward_hook(
-        lambda m, a, o: seen.setdefault("out", o[0][0])
+        lambda m, a, o: seen.update(out=o[0][0])  # returns None: the output stays as it is
     )
     with torch.no_grad():
         model(ids)

@@ -1,11 +1,12 @@
 """`make demo` (examples/demo.py): the shipped checkpoints part runs and writes what it promises.
 
-The analyzer part of the demo is the same code path as tests/test_analysis.py::test_smollm2_end_to_end.
+The analyzer part of the demo is the same code path as tests/test_analysis_pipeline.py::test_smollm2_end_to_end.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,4 +31,7 @@ def test_demo_loads_the_shipped_checkpoints_by_path_and_generates(tmp_path):
     for info in (momentum, vanilla):
         assert 1 < info["validation_perplexity@512"] < 4096 / 4  # trained: far better than uniform
         assert info["greedy_continuation"].strip()
-    assert (out / "checkpoints.md").read_text().count("| momentum-gpt-") == 1
+    table = (out / "checkpoints.md").read_text().splitlines()
+    assert len(table) == 4 and sum(row.startswith("| momentum-gpt-") for row in table) == 1
+    # A valid Markdown table: every row has the header's 5 cells (pipes inside a cell are escaped).
+    assert all(len(re.split(r"(?<!\\)\|", row)) == 7 for row in table), table

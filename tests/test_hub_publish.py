@@ -153,7 +153,9 @@ def test_bad_token_is_a_clear_error_that_hides_the_token(checkpoint, hub, capsys
     with pytest.raises(PublishError, match="may not write.*own namespace \\(other/"):
         publish(checkpoint, "tester/m", token="hf_other_user_token", endpoint=hub.endpoint)
 
-    code = main(["publish", str(checkpoint), "--repo-id", "tester/m", "--token", secret, "--endpoint", hub.endpoint])
+    code = main(
+        ["publish", str(checkpoint), "--repo-id", "tester/m", "--token", secret, "--endpoint", hub.endpoint]
+    )
     captured = capsys.readouterr()
     assert code == 1 and secret not in captured.out + captured.err
 
@@ -168,7 +170,9 @@ def test_weights_take_the_lfs_path_and_the_commit_holds_exactly_the_folder(check
     # model.safetensors went through LFS: batch request, PUT of its bytes, verify; the commit names it by sha256.
     weights_sha256 = hashlib.sha256(expected["model.safetensors"]).hexdigest()
     assert hub.lfs_objects == {weights_sha256: expected["model.safetensors"]}
-    lfs_calls = [r for r in hub.requests if "/info/lfs/objects/batch" in r or r.split()[1].startswith("/_lfs/")]
+    lfs_calls = [
+        r for r in hub.requests if "/info/lfs/objects/batch" in r or r.split()[1].startswith("/_lfs/")
+    ]
     assert lfs_calls == [
         "POST /tester/m.git/info/lfs/objects/batch",
         f"PUT /_lfs/{weights_sha256}",
@@ -261,6 +265,21 @@ def test_an_unreachable_hub_is_one_line_after_retries(checkpoint, capsys):
     )
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and err.startswith("error: Could not reach the Hub")
+
+
+def test_offline_mode_is_named_rather_than_retried(checkpoint, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(PublishError, match="HF_HUB_OFFLINE is set") as info:
+        publish(
+            checkpoint,
+            "tester/m",
+            token=TOKEN,
+            endpoint=f"http://127.0.0.1:{_closed_port()}",
+            backoff_seconds=5,
+        )
+    assert "\n" not in str(info.value)  # and no 5 s backoff: an offline switch is not a transient error
 
 
 def test_quiet_silences_library_warnings(checkpoint, monkeypatch, recwarn, capsys):

@@ -48,7 +48,9 @@ RECORDED_RUNS = DATA / "shipped_checkpoint_runs.json"
 
 def tiny_run(output_dir: Path, *, momentum_eta: float = 0.5, data: dict | None = None, **training):
     """The three argument objects of a tiny run (2 layers of width 32, 32-token blocks, 16 steps)."""
-    model_args = ModelArguments(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, momentum_eta=momentum_eta)
+    model_args = ModelArguments(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, momentum_eta=momentum_eta
+    )
     data_args = DataArguments(
         train_files=[str(TRAIN)], validation_files=[str(VALID)], vocab_size=300, tokenizer_train_chars=40_000,
         block_size=32, eval_blocks=8, eval_lengths=[16, 32, 64], dataset_description="a Gutenberg sample",
@@ -91,8 +93,14 @@ def test_reading_corpora_respects_the_character_budget(tmp_path):
 
 def test_byte_level_tokenizer_round_trips_and_is_a_fast_tokenizer(corpus_tokenizer, tmp_path):
     text = "Ça alors — “quoted” text, naïve 12345 \n\n tabs\tand ünïcödé"
-    assert corpus_tokenizer.decode(corpus_tokenizer(text)["input_ids"]) == text  # byte-level: nothing is unknown
-    assert len(corpus_tokenizer) == 300 and corpus_tokenizer.eos_token_id == 0 and corpus_tokenizer.pad_token_id == 0
+    assert (
+        corpus_tokenizer.decode(corpus_tokenizer(text)["input_ids"]) == text
+    )  # byte-level: nothing is unknown
+    assert (
+        len(corpus_tokenizer) == 300
+        and corpus_tokenizer.eos_token_id == 0
+        and corpus_tokenizer.pad_token_id == 0
+    )
     corpus_tokenizer.save_pretrained(tmp_path)
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
     assert reloaded.is_fast and reloaded(text)["input_ids"] == corpus_tokenizer(text)["input_ids"]
@@ -140,7 +148,12 @@ def test_seed_intervals_match_the_hand_computed_t_interval():
     assert paired.mean == pytest.approx(-25 / 3)
     assert paired.half_width == pytest.approx(t_2df * sd / math.sqrt(3), rel=1e-12)
     single = seed_interval([3.0])
-    assert single.mean == 3.0 and single.n == 1 and math.isnan(single.half_width) and str(single) == "3.00 (1 seed)"
+    assert (
+        single.mean == 3.0
+        and single.n == 1
+        and math.isnan(single.half_width)
+        and str(single) == "3.00 (1 seed)"
+    )
     assert seed_interval([55.0, 55.0, 55.0]) == Interval(55.0, 55.0, 55.0, 3)  # no spread, no warning
 
 
@@ -151,17 +164,28 @@ def test_end_to_end_run_produces_a_loadable_checkpoint(trained_run):
     eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
     assert train_losses[-1] < train_losses[0] - 0.3  # it learns
     assert len(eval_losses) == 2 and all("eval_perplexity" in h for h in history if "eval_loss" in h)
-    assert summary["train_tokens_seen"] == 16 * 4 * 32 and summary["warmup_steps"] == 2  # 10% of 16, rounded up
+    assert (
+        summary["train_tokens_seen"] == 16 * 4 * 32 and summary["warmup_steps"] == 2
+    )  # 10% of 16, rounded up
     # Parameters counted independently: tied lm_head once; Kaplan et al.'s non-embedding count excludes wte and wpe.
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     unique = {id(p): p.numel() for p in model.parameters()}
     embeddings = model.model.embed_tokens.weight.numel() + model.model.embed_positions.weight.numel()
-    assert summary["parameters"] == {"total": sum(unique.values()), "non_embedding": sum(unique.values()) - embeddings}
+    assert summary["parameters"] == {
+        "total": sum(unique.values()),
+        "non_embedding": sum(unique.values()) - embeddings,
+    }
     ppl = summary["validation_perplexity"]
     assert ppl["64"] is None and 1 < ppl["32"] < ppl["16"] < 300  # better than uniform over 300 tokens
     # What a Hub repo needs, safetensors only (no pickled training_args.bin next to the weights).
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "loss_curve.png"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "generation_config.json",
+        "loss_curve.png",
+    } <= names
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth"))]
     assert {"checkpoint-8", "checkpoint-16"} <= names  # the Trainer's resume state, beside the final weights
     umask = os.umask(0)
@@ -199,9 +223,27 @@ def test_cli_pretrain_takes_every_training_argument(tmp_path, capsys):
     out = tmp_path / "cli"
     code = main(
         ["pretrain", "--train_files", str(TRAIN), "--validation-files", str(VALID), "--output_dir", str(out)]
-        + ["--vocab_size", "280", "--tokenizer_train_chars", "20000", "--block_size", "16", "--hidden_size", "16"]
+        + [
+            "--vocab_size",
+            "280",
+            "--tokenizer_train_chars",
+            "20000",
+            "--block_size",
+            "16",
+            "--hidden_size",
+            "16",
+        ]
         + ["--num_hidden_layers", "1", "--num_attention_heads", "2", "--max_steps", "4", "--eval_steps", "2"]
-        + ["--save_steps", "4", "--eval_blocks", "4", "--per_device_eval_batch_size", "2", "--eval_lengths", "16"]
+        + [
+            "--save_steps",
+            "4",
+            "--eval_blocks",
+            "4",
+            "--per_device_eval_batch_size",
+            "2",
+            "--eval_lengths",
+            "16",
+        ]
         + ["--momentum_eta", "0", "--learning_rate", "1e-3", "--adam_beta2", "0.95", "--disable_tqdm", "true"]
     )
     assert code == 0
@@ -213,17 +255,39 @@ def test_cli_pretrain_takes_every_training_argument(tmp_path, capsys):
     assert (training["learning_rate"], training["adam_beta2"], training["adam_epsilon"]) == (1e-3, 0.95, 1e-6)
     assert training["lr_scheduler_type"] == "polynomial" and training["warmup_steps"] == 0.1
 
-    assert main(["pretrain", "--train_files", str(TRAIN), "--validation_files", str(VALID), "--momentum_eta", "1.5"]) == 2
+    assert (
+        main(
+            [
+                "pretrain",
+                "--train_files",
+                str(TRAIN),
+                "--validation_files",
+                str(VALID),
+                "--momentum_eta",
+                "1.5",
+            ]
+        )
+        == 2
+    )
     assert "momentum_eta must be in [0, 1)" in capsys.readouterr().err
-    assert main(["pretrain", "--train_files", str(TRAIN), "--validation_files", str(VALID), "--no_such_flag", "1"]) == 2
+    assert (
+        main(
+            ["pretrain", "--train_files", str(TRAIN), "--validation_files", str(VALID), "--no_such_flag", "1"]
+        )
+        == 2
+    )
     assert "--no_such_flag" in capsys.readouterr().err
 
 
 def test_names_and_verdicts():
-    assert (human_count(1_383_168), human_count(1_638_400), human_count(350_000_000)) == ("1.4M", "1.6M", "350M")
-    assert checkpoint_name("momentum-gpt", {"parameters": {"total": 1_383_168}, "train_tokens_seen": 1_638_400}) == (
-        "momentum-gpt-1.4M-1.6M"
+    assert (human_count(1_383_168), human_count(1_638_400), human_count(350_000_000)) == (
+        "1.4M",
+        "1.6M",
+        "350M",
     )
+    assert checkpoint_name(
+        "momentum-gpt", {"parameters": {"total": 1_383_168}, "train_tokens_seen": 1_638_400}
+    ) == ("momentum-gpt-1.4M-1.6M")
     assert verdict(Interval(-2.0, -3.0, -1.0, 3), "512").startswith("Momentum helped")
     assert verdict(Interval(2.0, 1.0, 3.0, 3), "512").startswith("Momentum hurt")
     assert verdict(Interval(0.5, -0.5, 1.5, 3), "512").startswith("No significant difference")
@@ -261,7 +325,13 @@ def test_card_states_what_the_run_summaries_say(recorded_runs):
         for length, value in published["validation_perplexity"].items()
         if value is not None
     }
-    for heading in ("## Install and use", "### Seeds", "### eta sweep", "## Training details", "## Limitations"):
+    for heading in (
+        "## Install and use",
+        "### Seeds",
+        "### eta sweep",
+        "## Training details",
+        "## Limitations",
+    ):
         assert heading in card.text
     assert "n/a (beyond the position table)" in card.text  # length 1024 > 512 positions
     assert "| Parameters | 1,383,168 (793,344 non-embedding) |" in card.text
@@ -271,7 +341,9 @@ def test_card_states_what_the_run_summaries_say(recorded_runs):
     # Another run elsewhere: the hardware and corpus text follow its summary, the links follow the repo ids.
     elsewhere = copy.deepcopy(recorded_runs)
     for run in elsewhere["arms"]["momentum"] + elsewhere["arms"]["vanilla"]:
-        run["environment"].update(device="cuda", device_name="NVIDIA H100", processes=8, torch_threads=4, cpu_count=64)
+        run["environment"].update(
+            device="cuda", device_name="NVIDIA H100", processes=8, torch_threads=4, cpu_count=64
+        )
         run["data_arguments"].update(dataset_name="my-corpus", dataset_description="news articles from 2020")
         run["train_seconds"] = 100.0
     elsewhere["command"] = "python train.py"
@@ -280,7 +352,10 @@ def test_card_states_what_the_run_summaries_say(recorded_runs):
     assert "news articles from 2020" in text and "`my-corpus`" in text
     assert "Gutenberg" not in text and "CPU thread" not in text and "shared" not in text
     assert "transformers-momentum/" not in text  # no link into the shipped checkpoints' organization
-    assert "[`someone-else/momentum-gpt-1.4M-1.6M`](https://huggingface.co/someone-else/momentum-gpt-1.4M-1.6M)" in text
+    assert (
+        "[`someone-else/momentum-gpt-1.4M-1.6M`](https://huggingface.co/someone-else/momentum-gpt-1.4M-1.6M)"
+        in text
+    )
     assert 'from_pretrained("someone-else/vanilla-gpt-1.4M-1.6M")' in text
 
 
@@ -290,13 +365,17 @@ def test_a_real_run_summary_holds_everything_the_card_reads(trained_run, recorde
     def assert_keys_within(recorded, real, where="summary"):
         for key, value in recorded.items():
             assert key in real, f"{where}.{key} is in the recorded summary but not in a real one"
-            if isinstance(value, dict) and value and key != "validation_perplexity":  # keyed by the run's lengths
+            if (
+                isinstance(value, dict) and value and key != "validation_perplexity"
+            ):  # keyed by the run's lengths
                 assert_keys_within(value, real[key], f"{where}.{key}")
 
     assert_keys_within(recorded_runs["arms"]["momentum"][0], summary)
     vanilla = copy.deepcopy(summary)
     vanilla["model_config"]["momentum_eta"] = 0.0
-    card = render_card({"momentum": [summary], "vanilla": [vanilla]}, own_arm="momentum", repo_id="me/m", twin_repo_id="me/v")
+    card = render_card(
+        {"momentum": [summary], "vanilla": [vanilla]}, own_arm="momentum", repo_id="me/m", twin_repo_id="me/v"
+    )
     assert "Only 1 paired seed" in card.text and "a Gutenberg sample" in card.text
     assert f"({summary['environment']['cpu_count']}-core machine)" in card.text
 
@@ -322,7 +401,9 @@ def test_icl_accuracy_follows_the_label_log_probabilities(corpus_tokenizer):
             logits = torch.zeros(*input_ids.shape, len(tokenizer))
             logits[..., sorted(set(layout.label_ids[1]))] = 20.0
             assert input_ids.shape[1] <= 200  # demos are dropped rather than overflowing the position table
-            return SimpleNamespace(logits=logits, cache=None, past_key_values=None)  # no cache: contexts re-run
+            return SimpleNamespace(
+                logits=logits, cache=None, past_key_values=None
+            )  # no cache: contexts re-run
 
     result = icl_accuracy(PrefersLabelOne(), tokenizer, "sst2", k=4, n_eval=12, seeds=(1, 2))
     labels = [int(r["label"]) for r in load_task_data(task).eval.shuffle(seed=1).select(range(12))]

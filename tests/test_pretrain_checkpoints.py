@@ -91,7 +91,9 @@ def test_shipped_cards_are_the_template_rendered_from_their_runs():
             twin_repo_id=f"{record['hub_namespace']}/{twin}", sweep=sweep, license=record["license"],
             command=record["command"], icl_results=record["icl"], transformers_requirement=requirement,
         )  # fmt: skip
-        assert str(card) == (CARDS / name / "README.md").read_text(), f"{name}/README.md differs from the template"
+        assert str(card) == (CARDS / name / "README.md").read_text(), (
+            f"{name}/README.md differs from the template"
+        )
 
         shipped = json.loads((CARDS / name / "results.json").read_text())
         recomputed = results_record(

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 # ------------------------------------------------------------------------------------------------ row layouts
 
@@ -284,15 +285,30 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
     ),
     "falcon": _fused("query_key_value", "falcon", layers="h", attention="self_attention", final_norm="ln_f"),
     "codegen": _fused("qkv_proj", "codegen", layers="h", attention="attn", final_norm="ln_f"),
+    "dbrx": _fused("Wqkv", "qkv", layers="blocks", attention="norm_attn_norm.attn", final_norm="norm_f"),
     # separate projections, attention computed outside the attention interface
     "xglm": ArchitectureSpec(final_norm="layer_norm", plain_scores=True),  # the paper's GPT (fairseq-dense)
     "gpt_neo": ArchitectureSpec(layers="h", attention="attn.attention", final_norm="ln_f"),
     "trocr": ArchitectureSpec(layers="decoder.layers", final_norm="decoder.layernorm", plain_scores=True),
+    # separate projections behind a short convolution and a norm (like a qk-norm, not part of W_K / W_V)
+    "inkling2_text": ArchitectureSpec(
+        KVLayout.separate("k_proj.linear", "v_proj.linear"), query="q_proj.linear"
+    ),
+    "inkling2_loop_text": ArchitectureSpec(
+        KVLayout.separate("k_proj.linear", "v_proj.linear"), query="q_proj.linear"
+    ),
     "momentum_gpt": ArchitectureSpec(attention="attn"),
 }
 
 # Conventions automatic detection tries, in order.
-_KV_NAMES = (("k_proj", "v_proj"), ("key", "value"), ("Wk", "Wv"), ("wk", "wv"), ("k", "v"))
+_KV_NAMES = (
+    ("k_proj", "v_proj"),
+    ("key", "value"),
+    ("Wk", "Wv"),
+    ("wk", "wv"),
+    ("k", "v"),
+    ("project_k", "project_v"),
+)
 _QUERY_NAMES = ("q_proj", "q_b_proj", "query", "Wq", "wq", "q")
 _NORM_NAMES = ("norm", "final_layer_norm", "final_layernorm", "ln_f", "norm_f", "layer_norm", "final_norm")
 _FUSED_NAMES = ("qkv_proj", "c_attn", "query_key_value", "Wqkv", "W_pack", "qkv", "kv_proj")
@@ -367,12 +383,17 @@ def _has(module: nn.Module, path: str) -> bool:
 
 
 def _kv_layout_of(attention: nn.Module) -> KVLayout | None:
+    """The K/V projections of an attention module, by DeepSeek's latent-attention names or the conventional ones."""
     if all(_has(attention, p.name) for p in LATENT_KV.projections):
         return LATENT_KV
     for key, value in _KV_NAMES:
         if _has(attention, key) and _has(attention, value):
             return KVLayout.separate(key, value)
     return None
+
+
+def _is_linear(module: nn.Module | None) -> bool:
+    return isinstance(module, (nn.Linear, Conv1D))
 
 
 def _module_lists(decoder: nn.Module) -> list[tuple[str, nn.ModuleList]]:
@@ -398,15 +419,30 @@ def _module_lists(decoder: nn.Module) -> list[tuple[str, nn.ModuleList]]:
 def _detect(decoder: nn.Module) -> ArchitectureSpec | str:
     """The spec of a model missing from the table, or the reason none was found."""
     fused: list[str] = []
+    without_kv: set[str] = set()
     for layers_path, blocks in _module_lists(decoder):
         for block in blocks:
             for attention_path, module in block.named_modules():
                 if not attention_path or not _dispatches_through_attention_interface(module):
                     continue
+                if "cross" in attention_path or "encoder_attn" in attention_path:
+                    continue  # attention over another model's states, not the decoder's own keys and values
                 kv = _kv_layout_of(module)
                 if kv is None:
                     fused += [f"{attention_path}.{n}" for n in _FUSED_NAMES if _has(module, n)]
+                    without_kv.add(type(module).__name__)
                     continue
+                custom = {
+                    type(_get(module, n)).__name__ for n in kv.module_names if not _is_linear(_get(module, n))
+                }
+                if custom:
+                    return (
+                        f"its key/value projections ({', '.join(sorted(custom))}) are not linear layers K/V tuning "
+                        "can adapt"
+                    )
+                parent_path, _, last = attention_path.rpartition(".")
+                if last.isdigit() and isinstance(_get(block, parent_path), nn.ModuleList):
+                    attention_path = parent_path  # several attention modules per block
                 query = "|".join(n for n in _QUERY_NAMES if _has(module, n)) or None
                 parent = layers_path.rsplit(".", 1)[0] + "." if "." in layers_path else ""
                 norm = next(
@@ -423,10 +459,20 @@ def _detect(decoder: nn.Module) -> ArchitectureSpec | str:
             f"its attention has a fused projection ({sorted(set(fused))[0]}) whose row layout is not in "
             "transformers_momentum.architectures.ARCHITECTURES"
         )
+    if without_kv:
+        return (
+            f"its attention ({', '.join(sorted(without_kv))}) has no key/value projections of its own (it attends "
+            "to keys and values computed elsewhere)"
+        )
     lists = _module_lists(decoder)
     blocks = [block for block in lists[0][1]] if lists else []
     with_kv = sorted(
-        {type(m).__name__ for block in blocks for _, m in block.named_modules() if _kv_layout_of(m)}
+        {
+            type(m).__name__
+            for block in blocks
+            for _, m in block.named_modules()
+            if _kv_layout_of(m) or _has(m, "value") or _has(m, "v_proj")
+        }
     )
     if with_kv:
         return (
@@ -510,22 +556,49 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
-def _is_attention_layer(block: nn.Module, spec: ArchitectureSpec) -> bool:
+def _block_attentions(
+    block: nn.Module, spec: ArchitectureSpec, layout: KVLayout
+) -> list[tuple[str, nn.Module]]:
+    """(path in the block, module) of the block's softmax attention: none in the other blocks of a hybrid, several
+    where the path holds a list of attention modules (LongCat-Flash's two per block)."""
     attention = _get(block, spec.attention)
-    return attention is not None and all(_has(attention, name) for name in spec.kv.module_names)
+    if isinstance(attention, nn.ModuleList):
+        candidates = [(f"{spec.attention}.{j}", module) for j, module in enumerate(attention)]
+    else:
+        candidates = [(spec.attention, attention)] if attention is not None else []
+    return [(path, m) for path, m in candidates if all(_has(m, name) for name in layout.module_names)]
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """One softmax-attention module: its block's index, its path in the (unwrapped) model, the module."""
+
+    layer: int
+    name: str
+    module: nn.Module
+
+
+def attention_sites(model: nn.Module, layout: KVLayout | None = None) -> list[AttentionSite]:
+    """Every softmax-attention module, in layer order."""
+    base = unwrap_peft(model)
+    spec = get_architecture(base)
+    decoder_path = text_decoder(base)[0]
+    prefix = f"{decoder_path}.{spec.layers}" if decoder_path else spec.layers
+    return [
+        AttentionSite(index, f"{prefix}.{index}.{path}", module)
+        for index, block in enumerate(decoder_layers(base))
+        for path, module in _block_attentions(block, spec, layout or spec.kv)
+    ]
 
 
 def attention_layers(model: nn.Module) -> list[int]:
     """Indices of the blocks with softmax attention (all of them, except in hybrid models)."""
-    spec = get_architecture(model)
-    return [i for i, block in enumerate(decoder_layers(model)) if _is_attention_layer(block, spec)]
+    return sorted({site.layer for site in attention_sites(model)})
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
-    """The softmax-attention module of every attention layer, in layer order."""
-    spec = get_architecture(model)
-    blocks = decoder_layers(model)
-    return [_get(blocks[i], spec.attention) for i in attention_layers(model)]
+    """The softmax-attention modules, in layer order (one per attention layer, except LongCat-Flash's two)."""
+    return [site.module for site in attention_sites(model)]
 
 
 def final_norm(model: nn.Module) -> nn.Module | None:
@@ -536,24 +609,22 @@ def final_norm(model: nn.Module) -> nn.Module | None:
 
 def kv_projections(model: nn.Module, layout: KVLayout | None = None) -> dict[str, Rows]:
     """Full name in the (unwrapped) model -> {role: output rows} of every key/value projection of every attention
-    layer. `layout` overrides the architecture's own (explicit `KVTuningConfig` module names)."""
+    module. `layout` overrides the architecture's own (explicit `KVTuningConfig` module names)."""
     base = unwrap_peft(model)
-    spec = get_architecture(base)
-    layout = layout or spec.kv
-    decoder_path, decoder = text_decoder(base)
-    prefix = f"{decoder_path}.{spec.layers}." if decoder_path else f"{spec.layers}."
+    layout = layout or get_architecture(base).kv
     config = text_config(base)
-    blocks = decoder_layers(base)
     result: dict[str, Rows] = {}
-    for index in attention_layers(base):
-        attention = _get(blocks[index], spec.attention)
+    for site in attention_sites(base, layout):
         for projection in layout.projections:
-            if not _has(attention, projection.name):
+            module = _get(site.module, projection.name)
+            if hasattr(module, "get_base_layer"):  # already wrapped by a peft tuner
+                module = module.get_base_layer()
+            if not isinstance(module, (nn.Linear, Conv1D)):
                 raise ValueError(
-                    f"{prefix}{index}.{spec.attention} has no module {projection.name!r}; check the K/V module names."
+                    f"{site.name}.{projection.name} is a {type(module).__name__}, not a linear projection: K/V tuning "
+                    "adapts nn.Linear and transformers' Conv1D projections."
                 )
-            rows = kv_rows(projection.layout, attention, config)
-            result[f"{prefix}{index}.{spec.attention}.{projection.name}"] = rows
+            result[f"{site.name}.{projection.name}"] = kv_rows(projection.layout, site.module, config)
     return result
 
 
@@ -649,6 +720,8 @@ __all__ = [
     "ROW_LAYOUTS",
     "SEPARATE_KV",
     "ArchitectureSpec",
+    "AttentionSite",
+    "attention_sites",
     "KVLayout",
     "KVProjection",
     "attention_geometry",

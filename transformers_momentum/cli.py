@@ -98,5 +98,6 @@ def _quiet_libraries() -> Iterator[None]:
             else:
                 os.environ[name] = value
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -83,10 +83,34 @@ class MomentumGPTConfig(PreTrainedConfig):
             self.auto_map = dict(_AUTO_MAP)
 
     @property
+    def uses_momentum(self) -> bool:
+        """Whether the attention adds momentum at all (`momentum_eta > 0`, or eta is learned)."""
+        return bool(self.learnable_eta) or float(self.momentum_eta) > 0.0
+
+    @property
     def layer_types(self) -> list[str]:
-        # "hybrid" cache layers hold keys/values *and* a recurrent state: the momentum carried between decoding
-        # steps, which makes each step's momentum cost independent of the sequence length.
-        return ["hybrid"] * self.num_hidden_layers
+        # With momentum, "hybrid" cache layers hold keys/values *and* a recurrent state: the momentum carried between
+        # decoding steps, which makes each step's momentum cost independent of the sequence length. Without it the
+        # model is a GPT-2 and its cache plain attention layers (croppable: assisted decoding, continuous batching).
+        return ["hybrid" if self.uses_momentum else "full_attention"] * self.num_hidden_layers
+
+    @property
+    def base_model_tp_plan(self) -> dict[str, str]:
+        # Tensor parallelism by heads: q/k/v split their output features (whole heads) across ranks, o_proj its
+        # input features. Momentum is a per-head sum of values, so each rank computes its own heads' momentum.
+        plan = {
+            "layers.*.attn.q_proj": "colwise",
+            "layers.*.attn.k_proj": "colwise",
+            "layers.*.attn.v_proj": "colwise",
+            "layers.*.attn.o_proj": "rowwise",
+            "layers.*.mlp.up_proj": "colwise",
+            "layers.*.mlp.down_proj": "rowwise",
+        }
+        if self.learnable_eta:
+            # One eta per head: shard it like the heads, and let the attention read its local slice.
+            plan["layers.*.attn.eta_logit"] = "colwise"
+            plan["layers.*.attn"] = "local_params"
+        return plan
 
     def validate_architecture(self):
         """Run by `@strict` at construction: reject values the model cannot honour, saying what to change."""

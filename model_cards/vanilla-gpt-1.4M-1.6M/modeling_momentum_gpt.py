@@ -16,14 +16,14 @@ import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, LinearAttentionCacheLayerMixin
 from transformers.generation import GenerationMixin
-from transformers.masking_utils import create_causal_mask
+from transformers.masking_utils import create_causal_mask, find_packed_sequence_indices
 from transformers.modeling_layers import GenericForSequenceClassification, GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils import TransformersKwargs, can_return_tuple, is_torchdynamo_compiling
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
@@ -49,6 +49,7 @@ def momentum_scan(
     eta: float | torch.Tensor,
     initial_state: torch.Tensor | None = None,
     chunk_size: int = 32,
+    sequence_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal, unnormalised exponential moving sum of value vectors.
 
@@ -64,7 +65,9 @@ def momentum_scan(
     has a non-negative exponent (no division by eta^t), and the sums run in fp32 for half-precision inputs, so the
     scan is stable at T = 8192, eta = 0.99 in fp32 and bf16.
 
-    ``eta`` is a float or a per-head tensor of shape (heads,).
+    ``eta`` is a float or a per-head tensor of shape (heads,). ``sequence_ids`` (batch, T), for several documents
+    packed into one row, restarts the sum where the id changes: a document's positions only see its own values
+    (the first document continues ``initial_state``).
     """
     batch, heads, length, head_dim = values.shape
     compute_dtype = torch.float32 if values.dtype in (torch.float16, torch.bfloat16) else values.dtype
@@ -76,7 +79,8 @@ def momentum_scan(
         state = torch.zeros_like(v[:, :, 0]) if initial_state is None else initial_state.to(compute_dtype)
         step_eta = eta.reshape(1, -1, 1).to(compute_dtype) if isinstance(eta, torch.Tensor) else eta
         final_state = step_eta * (state + v[:, :, 0])
-        return state[:, :, None].to(values.dtype), final_state.to(values.dtype)
+        # A copy: the caller may write the final state into the very buffer `initial_state` lives in.
+        return state[:, :, None].to(values.dtype, copy=True), final_state.to(values.dtype)
 
     eta_t = torch.as_tensor(eta, dtype=compute_dtype, device=values.device).reshape(-1).expand(heads)
 
@@ -115,10 +119,54 @@ def momentum_scan(
             momentum
             + _powers(eta_t, positions)[None, :, :, None] * initial_state.to(compute_dtype)[:, :, None]
         )
+    if sequence_ids is not None:
+        momentum = _restart_at_document_starts(momentum, eta_t, sequence_ids)
     final_state = eta_t[None, :, None] * (
         momentum[:, :, -1] + v.view(batch, heads, padded, head_dim)[:, :, length - 1]
     )
     return momentum.to(values.dtype), final_state.to(values.dtype)
+
+
+def _restart_at_document_starts(
+    momentum: torch.Tensor, eta: torch.Tensor, sequence_ids: torch.Tensor
+) -> torch.Tensor:
+    """Remove, from every position of a packed row, the momentum that entered its document from earlier ones.
+
+    Inside a document that starts at position s the scan's sum is m_t = eta^(t-s) * m_s + (the document's own
+    sum), so subtracting eta^(t-s) * m_s leaves the document alone. The first document keeps what it inherited.
+    """
+    batch, heads, length, head_dim = momentum.shape
+    index = torch.arange(length, device=momentum.device)
+    starts_here = sequence_ids != torch.cat([sequence_ids[:, :1], sequence_ids[:, :-1]], dim=1)
+    document_start = torch.where(starts_here, index, 0).cummax(dim=1).values  # (batch, T)
+    entering = momentum.gather(2, document_start[:, None, :, None].expand(batch, heads, length, head_dim))
+    lag = (index - document_start).to(momentum.dtype)
+    decay = torch.pow(eta[None, :, None], lag[:, None, :]) * (document_start > 0)[:, None, :]
+    return momentum - decay[..., None] * entering
+
+
+def masked_momentum(values: torch.Tensor, eta: float | torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Momentum over the keys an attention mask lets each query see: m_t = sum_{i<t, allowed[t, i]} eta^(t-i) v_i.
+
+    ``values`` (batch, heads, keys, head_dim); ``allowed`` (batch, 1 or heads, queries, keys), True where a query
+    may attend to a key. A query's own position t is the last key its row allows (a token always sees itself),
+    so this holds for any cache layout (a static buffer, left padding, packed documents). It costs O(queries x
+    keys), like the attention it follows; the chunked `momentum_scan` is used wherever the mask is plain causal.
+    """
+    compute_dtype = torch.float32 if values.dtype in (torch.float16, torch.bfloat16) else values.dtype
+    key_index = torch.arange(values.shape[2], device=values.device)
+    own_position = torch.where(allowed, key_index, -1).amax(dim=-1, keepdim=True)
+    lag = (own_position - key_index).to(compute_dtype)
+    eta_t = torch.as_tensor(eta, dtype=compute_dtype, device=values.device).reshape(1, -1, 1, 1)
+    weights = torch.pow(eta_t, lag.clamp(min=0)) * ((lag > 0) & allowed)
+    return torch.matmul(weights, values.to(compute_dtype)).to(values.dtype)
+
+
+def allowed_keys(attention_mask: torch.Tensor) -> torch.Tensor:
+    """A 4-D attention mask as booleans (True = may attend), from the boolean or additive (0 / -inf) convention."""
+    if attention_mask.dtype == torch.bool:
+        return attention_mask
+    return attention_mask > torch.finfo(attention_mask.dtype).min / 2
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -180,6 +228,7 @@ class MomentumGPTAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
         momentum_mask: torch.Tensor | None = None,
+        packed_sequence_ids: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
@@ -189,10 +238,10 @@ class MomentumGPTAttention(nn.Module):
         value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         new_values = value_states
 
-        past_length = 0
+        with_momentum = self.config.uses_momentum
+        past_length = cache.get_seq_length(self.layer_idx) if with_momentum and cache is not None else 0
         if cache is not None:
-            past_length = cache.get_seq_length(self.layer_idx)
-            key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
+            key_states, value_states = cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -208,9 +257,10 @@ class MomentumGPTAttention(nn.Module):
             **kwargs,
         )
 
-        eta = self.eta
-        if isinstance(eta, torch.Tensor) or eta > 0.0:
-            momentum = self._momentum(new_values, value_states, eta, cache, past_length, momentum_mask)
+        if with_momentum:
+            momentum = self._momentum(
+                new_values, value_states, cache, past_length, momentum_mask, packed_sequence_ids
+            )
             attn_output = attn_output + momentum.transpose(1, 2)
 
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
@@ -221,20 +271,35 @@ class MomentumGPTAttention(nn.Module):
         self,
         new_values: torch.Tensor,
         all_values: torch.Tensor,
-        eta: float | torch.Tensor,
         cache: Cache | None,
-        past_length: int,
+        past_length: int | torch.Tensor,
         momentum_mask: torch.Tensor | None,
+        packed_sequence_ids: torch.Tensor | None,
     ) -> torch.Tensor:
         """Momentum for the new positions, continuing the state carried in the cache when there is one."""
-        chunk = self.config.momentum_chunk_size
+        eta, chunk = self.eta, self.config.momentum_chunk_size
         query_length = new_values.shape[2]
         layer = cache.layers[self.layer_idx] if cache is not None else None
-        carries_state = layer is not None and hasattr(layer, "recurrent_states")
 
-        if past_length > 0 and not carries_state:
-            # A cache without a state slot (e.g. a user-built `DynamicCache()`): recompute from all cached values.
-            # Exact, but O(T) per decoding step instead of O(1).
+        if momentum_mask is not None and momentum_mask.dim() == 4:
+            # A caller's own 4-D mask: the momentum follows it (padding, packing, any custom pattern) over every
+            # cached value. The state carried on is the last query's, as its next token would see it.
+            momentum = masked_momentum(all_values, eta, allowed_keys(momentum_mask))
+            if isinstance(layer, LinearAttentionCacheLayerMixin):
+                step_eta = eta.reshape(1, -1, 1) if isinstance(eta, torch.Tensor) else eta
+                self._store_state(cache, step_eta * (momentum[:, :, -1] + new_values[:, :, -1]))
+            return momentum
+
+        if layer is not None and not isinstance(layer, LinearAttentionCacheLayerMixin):
+            # A cache layer without a state slot (a plain `DynamicCache()`, e.g. one built for rollback with
+            # `crop`): rescan all cached values, exact but O(T) per decoding step instead of O(1).
+            if getattr(layer, "max_cache_len", None) is not None:
+                # Its keys/values are a preallocated buffer: a scan over it would run over unwritten slots.
+                raise ValueError(
+                    f"Layer {self.layer_idx} of this {type(cache).__name__} holds a preallocated key/value buffer "
+                    "but no momentum state. Build the cache from the model's config "
+                    "(StaticCache(config=model.config, max_cache_len=...)) so each layer carries its momentum."
+                )
             values = all_values
             if momentum_mask is not None:
                 values = values * momentum_mask[:, None, -values.shape[2] :, None].to(values.dtype)
@@ -246,16 +311,27 @@ class MomentumGPTAttention(nn.Module):
             # Padding contributes nothing to the moving sum (left-padded rows equal unpadded sequences).
             values = values * momentum_mask[:, None, -query_length:, None].to(values.dtype)
         state = None
-        if past_length > 0 and layer.is_recurrent_states_initialized[0]:
-            state = layer.recurrent_states[0]
-        momentum, final_state = momentum_scan(values, eta, initial_state=state, chunk_size=chunk)
-        if carries_state:
-            # Write the slot directly: `Cache.get_recurrent_state` only reports a state after a conv-state update,
-            # which this layer never makes, and a plain assignment also follows batch-size changes.
-            layer.recurrent_states[0] = final_state
-            layer.is_recurrent_states_initialized[0] = True
-            layer.has_previous_state[0] = True
+        if layer is not None:
+            state = cache.get_recurrent_state(self.layer_idx)
+            if state is None and not is_torchdynamo_compiling() and past_length > 0:
+                raise ValueError(
+                    f"Layer {self.layer_idx} of the cache holds {int(past_length)} tokens but no momentum state, so "
+                    "the momentum would silently restart from zero. Pass the cache the model returned (or one built "
+                    "with DynamicCache(config=model.config)) through every step, or start from an empty cache."
+                )
+        momentum, final_state = momentum_scan(
+            values, eta, initial_state=state, chunk_size=chunk, sequence_ids=packed_sequence_ids
+        )
+        if layer is not None:
+            self._store_state(cache, final_state)
         return momentum
+
+    def _store_state(self, cache: Cache, state: torch.Tensor) -> None:
+        # `update_recurrent_state` copies into a buffer allocated once, so the state keeps a fixed address
+        # (static caches, CUDA graphs). `get_recurrent_state` reports a state only once `has_previous_state` is set,
+        # which the Cache API does in `update_conv_state`; momentum has no convolution state, so set it here.
+        cache.update_recurrent_state(state, self.layer_idx)
+        cache.layers[self.layer_idx].has_previous_state[0] = True
 
 
 def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
@@ -297,6 +373,7 @@ class MomentumGPTBlock(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
         momentum_mask: torch.Tensor | None = None,
+        packed_sequence_ids: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         attn_output, _ = self.attn(
@@ -304,6 +381,7 @@ class MomentumGPTBlock(GradientCheckpointingLayer):
             attention_mask=attention_mask,
             cache=cache,
             momentum_mask=momentum_mask,
+            packed_sequence_ids=packed_sequence_ids,
             **kwargs,
         )
         hidden_states = hidden_states + self.dropout(attn_output)
@@ -321,10 +399,15 @@ class MomentumGPTPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    # The momentum state lives in the cache and cannot be rolled back by `crop`, so generate() must refuse
-    # assisted / prompt-lookup decoding with a clear error instead of silently desynchronising.
-    _is_stateful = True
+    _can_compile_fullgraph = True
     _can_record_outputs = {"hidden_states": MomentumGPTBlock, "attentions": MomentumGPTAttention}
+
+    @property
+    def _is_stateful(self) -> bool:
+        # With momentum, each cache layer carries a recurrent state that `crop` cannot roll back, so generate()
+        # refuses assisted / prompt-lookup decoding clearly instead of desynchronising. Without it (eta = 0, not
+        # learned) the cache holds only keys and values, and every decoding mode works.
+        return self.config.uses_momentum
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -361,7 +444,7 @@ class MomentumGPTModel(MomentumGPTPreTrainedModel):
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | dict[str, torch.Tensor] | None = None,
         position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
@@ -369,56 +452,95 @@ class MomentumGPTModel(MomentumGPTPreTrainedModel):
         past_key_values: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPast:
-        cache = _one_cache(cache, past_key_values)
+        given_cache, given_position_ids = _one_cache(cache, past_key_values), position_ids
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
+        cache = given_cache
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
 
-        batch_size, query_length = inputs_embeds.shape[:2]
-        past_seen_tokens = cache.get_seq_length() if cache is not None else 0
-        padding_mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+        query_length = inputs_embeds.shape[1]
+        # (continuous batching passes its own paged cache, which is no `Cache`, along with the position_ids)
+        past_seen_tokens = cache.get_seq_length() if isinstance(cache, Cache) else 0
+        padding_mask = (
+            attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 else None
+        )
         if position_ids is None:
             if padding_mask is not None:
                 # Left padding: count positions from each row's first real token, as generate() does.
                 position_ids = (padding_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -query_length:]
             else:
-                position_ids = torch.arange(
-                    past_seen_tokens, past_seen_tokens + query_length, device=inputs_embeds.device
-                ).unsqueeze(0)
-        longest = max(past_seen_tokens + query_length, int(position_ids.max()) + 1)
-        if longest > self.config.max_position_embeddings:
-            raise ValueError(
-                f"Sequence of {longest} positions is longer than the learned position table "
-                f"(max_position_embeddings={self.config.max_position_embeddings}). Truncate the input "
-                "(e.g. tokenizer(..., truncation=True, max_length=...)) or generate fewer new tokens."
-            )
-
+                position_ids = torch.arange(query_length, device=inputs_embeds.device) + past_seen_tokens
+                position_ids = position_ids.unsqueeze(0)
+        self._check_length(cache, past_seen_tokens, query_length)
         hidden_states = self.dropout(inputs_embeds + self.embed_positions(position_ids))
-        causal_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            **{CACHE_NAME: cache},
-        )
+
+        packed_sequence_ids = None
+        if isinstance(attention_mask, dict):
+            # generate() prepares one mask per layer type for a static cache (`create_masks_for_generate`): the
+            # 4-D causal mask of the softmax attention, and, for the momentum, the padding of the new tokens
+            # (`create_recurrent_attention_mask`), without which left-padded rows would sum their padding.
+            causal_mask = attention_mask["full_attention"]
+            momentum_mask = attention_mask.get("linear_attention")
+        else:
+            # Masks are sized against the caller's cache: one created above is still empty, sized like no cache,
+            # so packed rows (position_ids that restart, no mask) get block-diagonal attention as without one.
+            causal_mask = create_causal_mask(
+                config=self.config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=given_position_ids,
+                **{CACHE_NAME: given_cache},
+            )
+            momentum_mask = attention_mask
+            if attention_mask is None and given_cache is None and given_position_ids is not None:
+                # ... and the momentum restarts at each packed document, like the attention.
+                packed_sequence_ids = find_packed_sequence_indices(
+                    given_position_ids.expand(inputs_embeds.shape[0], -1)
+                )
+
         for block in self.layers[: self.config.num_hidden_layers]:
             hidden_states = block(
                 hidden_states,
                 attention_mask=causal_mask,
                 cache=cache,
-                momentum_mask=padding_mask,
+                momentum_mask=momentum_mask,
+                packed_sequence_ids=packed_sequence_ids,
                 position_ids=position_ids,
                 **kwargs,
             )
         hidden_states = self.norm(hidden_states)
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, **{CACHE_NAME: cache})
 
+    def _check_length(self, cache: Cache | None, past_seen_tokens: int, query_length: int) -> None:
+        """A clear error instead of an index error deep in the position table (never a host sync)."""
+        if is_torchdynamo_compiling():
+            return
+        table = self.config.max_position_embeddings
+        buffer = (
+            getattr(cache.layers[0], "max_cache_len", None)
+            if isinstance(cache, Cache) and cache.layers
+            else None
+        )
+        if isinstance(buffer, int) and buffer > table:
+            raise ValueError(
+                f"This static cache holds {buffer} positions, more than the learned position table "
+                f"(max_position_embeddings={table}). Build it with max_cache_len <= {table} "
+                "(generate: max_length or max_new_tokens that fit)."
+            )
+        if isinstance(past_seen_tokens, int) and past_seen_tokens + query_length > table:
+            raise ValueError(
+                f"Sequence of {past_seen_tokens + query_length} positions is longer than the learned position table "
+                f"(max_position_embeddings={table}). Truncate the input "
+                "(e.g. tokenizer(..., truncation=True, max_length=...)) or generate fewer new tokens."
+            )
+
 
 class MomentumGPTForCausalLM(MomentumGPTPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: MomentumGPTConfig):
         super().__init__(config)
@@ -430,7 +552,7 @@ class MomentumGPTForCausalLM(MomentumGPTPreTrainedModel, GenerationMixin):
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | dict[str, torch.Tensor] | None = None,
         position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
@@ -464,8 +586,25 @@ class MomentumGPTForCausalLM(MomentumGPTPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
         )
 
+    def init_continuous_batching(self, *args, **kwargs):
+        if self.config.uses_momentum:
+            raise ValueError(
+                "Continuous batching (generate_batch) keeps keys and values in a paged cache with no per-sequence "
+                "momentum state, so it cannot run MomentumGPT with momentum (momentum_eta > 0 or learnable_eta). "
+                "Use model.generate() on a padded batch instead; an eta = 0 model supports continuous batching."
+            )
+        return super().init_continuous_batching(*args, **kwargs)
 
-class MomentumGPTForSequenceClassification(GenericForSequenceClassification, MomentumGPTPreTrainedModel): ...
+
+class MomentumGPTForSequenceClassification(GenericForSequenceClassification, MomentumGPTPreTrainedModel):
+    def __init__(self, config: MomentumGPTConfig):
+        # Not `GenericForSequenceClassification.__init__`: it builds the body with `AutoModel.from_config`, which,
+        # for a checkpoint loaded through remote code, asks to trust the same code a second time.
+        MomentumGPTPreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.model = MomentumGPTModel(config)
+        self.score = nn.Linear(config.hidden_size, self.num_labels, bias=False)
+        self.post_init()
 
 
 __all__ = [
@@ -473,5 +612,6 @@ __all__ = [
     "MomentumGPTForSequenceClassification",
     "MomentumGPTModel",
     "MomentumGPTPreTrainedModel",
+    "masked_momentum",
     "momentum_scan",
 ]

@@ -10,7 +10,12 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from transformers_momentum.pretraining import DataArguments, ModelArguments, pretrain, recipe_training_arguments
+from transformers_momentum.pretraining import (
+    DataArguments,
+    ModelArguments,
+    pretrain,
+    recipe_training_arguments,
+)
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

@@ -15,8 +15,8 @@ from typing import Literal
 
 from .errors import AnalysisInputError
 
-# Deutch et al. 2024: untrained model and layer-causal GD; random-label and different-task FT (their §2.6 list of
-# controls); Shen et al. 2024: the demonstration-order test.
+# Deutch et al. 2024: the untrained model and layer-causal GD; random-label and different-task FT; Shen et al. 2024:
+# the demonstration-order test.
 CONTROLS = ("untrained", "lcgd", "random_label", "other_task", "order")
 # Dai et al. 2023, Appendix B: {1..9} x {0.1, 0.01, 0.001, 0.0001}.
 PAPER_LR_GRID = tuple(m * s for s in (0.1, 0.01, 0.001, 0.0001) for m in range(1, 10))

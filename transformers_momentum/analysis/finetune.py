@@ -1,4 +1,4 @@
-"""K/V-only finetuning on the demonstrations, as the paper's FT baseline (Dai et al. 2023, §3.3 and Appendix B).
+"""K/V-only finetuning on the demonstrations, as the paper's FT baseline (Dai et al. 2023, §3.2 and Appendix B).
 
 Plain SGD (no momentum, no weight decay), constant learning rate, batch 1, one epoch in demonstration order, on the
 K/V deltas of `transformers_momentum.kv_tuning.KVTuningConfig` only. The loss is the token-mean causal-LM NLL over

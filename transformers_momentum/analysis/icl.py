@@ -4,7 +4,7 @@
   ``datasets.Dataset.shuffle(seed)`` and the first k examples are taken in that order, as long as
   ``len(context) + len(demo) + longest evaluation sequence < max_length``; demonstrations that do not fit are
   dropped (the code's "true K").
-* Prediction (§3.1 and the released code): every candidate answer is scored by the **mean** log-probability of its
+* Prediction (§4.1 and the released code): every candidate answer is scored by the **mean** log-probability of its
   label tokens under a full-vocabulary log-softmax; the highest score wins. With single-token answers the last
   prompt position's distribution scores every candidate, so only candidate 0's sequence is run (the code's
   shortcut); longer answers get one sequence per candidate.

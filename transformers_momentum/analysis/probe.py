@@ -27,6 +27,7 @@ paper's own GPTs), the constant is recovered from the analysis token's own score
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -37,12 +38,19 @@ from ..architectures import (
     get_architecture,
     plain_dot_product_scores,
     query_projection,
+    text_config,
     unwrap_peft,
 )
 from ..attention_interface import original_attention_function, register_wrapped_attention
 from .errors import AnalysisInputError
 
 _PREFIX = "tm_probe:"
+
+
+def _stack_if_same_width(vectors: list[torch.Tensor]) -> torch.Tensor | None:
+    """(L, width) when every layer's vector has one width; None where layers differ (Gemma 4's wider global layers)."""
+    return torch.stack(vectors) if len({v.shape for v in vectors}) == 1 else None
+
 
 unwrap_model = unwrap_peft  # the transformers model inside a peft wrapper
 
@@ -101,7 +109,8 @@ class AttentionProbe:
         self._rows: dict[int, int] = {}
         self._seen: set[int] = set()
         self._reset_buffers()
-        self.original_implementation = base.config._attn_implementation or "eager"
+        # the text decoder's (a multimodal wrapper's own config may name another)
+        self.original_implementation = text_config(base)._attn_implementation or "eager"
         backend = self.original_implementation
         if backend.startswith(_PREFIX):
             backend = backend[len(_PREFIX) :]
@@ -128,6 +137,12 @@ class AttentionProbe:
         if self.fallback:
             if switchable:
                 base.set_attn_implementation("eager")
+            # Eager attention modules off the interface (Falcon, TrOCR, ...) return probabilities only when asked.
+            self._hooks += [
+                m.register_forward_pre_hook(self._ask_for_weights, with_kwargs=True)
+                for m in self.modules
+                if "output_attentions" in inspect.signature(m.forward).parameters
+            ]
             key_name = get_architecture(base).kv.key
             if plain_dot_product_scores(base) and self.has_projected_queries and key_name is not None:
                 self.exact_scores = True
@@ -179,9 +194,9 @@ class AttentionProbe:
         if self._mode != "eval":
             return
         layer = self._layer_of[id(module)]
-        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = output[0] if isinstance(output, (tuple, list)) else output
         q_len = hidden.shape[1]
-        weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+        weights = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
         for row, index in self._rows.items():
             index %= q_len
             self._outputs[layer][row] = hidden[row, index].detach().float().cpu()
@@ -206,6 +221,11 @@ class AttentionProbe:
                     )
                     scores = scores - scores[:, -1:] + own[:, None]
                 self._scores[layer][row] = scores
+
+    def _ask_for_weights(self, module, args, kwargs):
+        if self._mode == "eval":
+            return args, {**kwargs, "output_attentions": True}
+        return None
 
     def _make_projection_hook(self, layer: int, scaling: float):
         def hook(projection, args, output):
@@ -265,10 +285,10 @@ class AttentionProbe:
                 raise RuntimeError("The probe did not see every layer in the last recorded forward.")
             queries = None
             if not self.fallback and all(row in q for q in self._queries):
-                queries = torch.stack([q[row] for q in self._queries])
+                queries = _stack_if_same_width([q[row] for q in self._queries])
             projected = None
             if all(row in q for q in self._projected):
-                projected = torch.stack([q[row] for q in self._projected])
+                projected = _stack_if_same_width([q[row] for q in self._projected])
             records[row] = ProbeRecord(
                 torch.stack([o[row] for o in self._outputs]),
                 [s[row] for s in self._scores],

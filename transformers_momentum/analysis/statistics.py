@@ -80,7 +80,7 @@ def bootstrap_mean_ci(
         return float(data[0]), float(data[0])
     result = bootstrap(
         (data,), np.mean, n_resamples=n_resamples, confidence_level=level, method="percentile",
-        vectorized=True, rng=np.random.default_rng(seed),
+        vectorized=True, batch=500, rng=np.random.default_rng(seed),  # 500 resamples at a time bound the memory
     )  # fmt: skip
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 

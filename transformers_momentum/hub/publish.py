@@ -129,7 +129,9 @@ def _is_transient(error: BaseException) -> bool:
     from huggingface_hub.errors import OfflineModeIsEnabled
 
     try:
-        from huggingface_hub.utils import httpx  # the HTTP client of the installed huggingface_hub (httpx2 in 2.x)
+        from huggingface_hub.utils import (
+            httpx,
+        )  # the HTTP client of the installed huggingface_hub (httpx2 in 2.x)
     except ImportError:
         import httpx
 
@@ -173,11 +175,17 @@ class _Hub:
 
     def error(self, what: str, error: BaseException, attempts: int = 1) -> PublishError:
         """The one place that turns a Hub or network failure into a message."""
-        from huggingface_hub.errors import OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError
+        from huggingface_hub.errors import (
+            OfflineModeIsEnabled,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
 
         endpoint, status = self.api.endpoint, _status(error)
         if isinstance(error, OfflineModeIsEnabled):
-            return PublishError(f"HF_HUB_OFFLINE is set, so nothing can be {what}; unset it to publish.")
+            return PublishError(
+                f"HF_HUB_OFFLINE is set, so the Hub cannot be reached ({what}); unset it to publish."
+            )
         if _is_transient(error) and status is None:
             return PublishError(
                 f"Could not reach the Hub at {endpoint} while {what} ({_reason(error)}), after {attempts} "
@@ -208,7 +216,8 @@ def _remote_matches(hub: _Hub, revision: str, folder: Path, files: list[tuple[st
 
     info = hub.call("reading the revision", hub.api.model_info, hub.repo_id, revision=revision)
     tree = hub.call(
-        "listing the remote files", lambda: list(hub.api.list_repo_tree(hub.repo_id, revision=info.sha, recursive=True))
+        "listing the remote files",
+        lambda: list(hub.api.list_repo_tree(hub.repo_id, revision=info.sha, recursive=True)),
     )
     remote = {entry.path: entry for entry in tree if hasattr(entry, "blob_id")}
     for name, size in files:
@@ -291,7 +300,12 @@ def publish(
     hub = _Hub(HfApi(endpoint=endpoint, token=resolved_token), repo_id, max_attempts, backoff_seconds)
     hub.user = hub.call("checking the token", hub.api.whoami)["name"]
     logger.info(
-        "Publishing %d files (%d bytes) to %s@%s as %s", len(files), result.total_bytes, repo_id, branch, hub.user
+        "Publishing %d files (%d bytes) to %s@%s as %s",
+        len(files),
+        result.total_bytes,
+        repo_id,
+        branch,
+        hub.user,
     )
     hub.call("creating the repository", hub.api.create_repo, repo_id, private=private, exist_ok=True)
     if branch != "main":
@@ -321,7 +335,9 @@ def publish(
             if landed is not None and landed != parent:
                 # The commit went through; only its answer was lost.
                 result.commit_oid = landed
-                result.notes.append(f"attempt {attempt}: response lost ({type(error).__name__}); commit had landed")
+                result.notes.append(
+                    f"attempt {attempt}: response lost ({type(error).__name__}); commit had landed"
+                )
                 break
             head = hub.call("reading the revision", hub.api.model_info, repo_id, revision=branch).sha
             if head != parent:
@@ -329,7 +345,9 @@ def publish(
                     f"{repo_id}@{branch} moved to {head[:10]} during the upload (someone else pushed); nothing of "
                     "ours was committed. Re-run publish to upload on top of the new head."
                 ) from None
-            result.notes.append(f"attempt {attempt}: {type(error).__name__}; {branch} unchanged at {parent[:10]}")
+            result.notes.append(
+                f"attempt {attempt}: {type(error).__name__}; {branch} unchanged at {parent[:10]}"
+            )
             logger.info("Upload attempt %d failed (%s); %s is unchanged", attempt, _reason(error), branch)
             if attempt == hub.max_attempts:
                 raise PublishError(
@@ -340,6 +358,8 @@ def publish(
             delay *= 2
 
     if _remote_matches(hub, branch, root, files) is None:
-        raise PublishError(f"After the commit, {repo_id}@{branch} does not match {str(root)!r} (verify by hand).")
+        raise PublishError(
+            f"After the commit, {repo_id}@{branch} does not match {str(root)!r} (verify by hand)."
+        )
     result.notes = hub.notes + result.notes
     return result

@@ -26,10 +26,25 @@ _EXPORTS = {
     "seed_interval": ".card",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "DataArguments",
+    "END_OF_TEXT",
+    "ModelArguments",
+    "RECIPE_TRAINING_DEFAULTS",
+    "build_model",
+    "iter_documents",
+    "pack_documents",
+    "perplexity_at_lengths",
+    "pretrain",
+    "recipe_training_arguments",
+    "render_card",
+    "seed_interval",
+    "token_stream",
+    "train_bpe_tokenizer",
+]
 
 if TYPE_CHECKING:
-    from .arguments import DataArguments, ModelArguments, RECIPE_TRAINING_DEFAULTS, recipe_training_arguments
+    from .arguments import RECIPE_TRAINING_DEFAULTS, DataArguments, ModelArguments, recipe_training_arguments
     from .card import render_card, seed_interval
     from .data import END_OF_TEXT, iter_documents, pack_documents, token_stream, train_bpe_tokenizer
     from .evaluation import perplexity_at_lengths

@@ -49,16 +49,22 @@ class ModelArguments:
     hidden_size: int = field(default=128, metadata={"help": "model width (d_model)"})
     num_hidden_layers: int = field(default=4, metadata={"help": "number of decoder blocks"})
     num_attention_heads: int = field(default=4, metadata={"help": "attention heads per block"})
-    intermediate_size: int | None = field(default=None, metadata={"help": "FFN width (default 4 x hidden_size)"})
+    intermediate_size: int | None = field(
+        default=None, metadata={"help": "FFN width (default 4 x hidden_size)"}
+    )
     momentum_eta: float = field(
         default=0.5, metadata={"help": "momentum coefficient in [0, 1); 0 trains the vanilla baseline"}
     )
-    learnable_eta: bool = field(default=False, metadata={"help": "learn one eta per head, starting at momentum_eta"})
+    learnable_eta: bool = field(
+        default=False, metadata={"help": "learn one eta per head, starting at momentum_eta"}
+    )
     dropout: float = field(default=0.0, metadata={"help": "embedding, residual and attention dropout"})
 
     def __post_init__(self) -> None:
         if not 0 <= self.momentum_eta < 1:
-            raise ValueError(f"momentum_eta must be in [0, 1) (0 = vanilla baseline); got {self.momentum_eta}.")
+            raise ValueError(
+                f"momentum_eta must be in [0, 1) (0 = vanilla baseline); got {self.momentum_eta}."
+            )
 
 
 @dataclass
@@ -66,23 +72,33 @@ class DataArguments:
     """The corpus, the tokenizer and the block packing; the corpus fields also describe the data in the card."""
 
     train_files: list[str] = field(
-        metadata={"help": "training text: .txt files (one document each) or .jsonl[.xz|.gz|.bz2] with a 'text' field"}
+        metadata={
+            "help": "training text: .txt files (one document each) or .jsonl[.xz|.gz|.bz2] with a 'text' field"
+        }
     )
     validation_files: list[str] = field(
         metadata={"help": "held-out text in the same formats (validation perplexity is always reported)"}
     )
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "the corpus's name for the model card (default: the first train file's folder name)"},
+        metadata={
+            "help": "the corpus's name for the model card (default: the first train file's folder name)"
+        },
     )
     dataset_description: str | None = field(
         default=None,
-        metadata={"help": "what the corpus is, in a phrase, for the model card (e.g. 'English novels from ...')"},
+        metadata={
+            "help": "what the corpus is, in a phrase, for the model card (e.g. 'English novels from ...')"
+        },
     )
-    language: str | None = field(default=None, metadata={"help": "ISO 639-1 code of the corpus, for the card"})
+    language: str | None = field(
+        default=None, metadata={"help": "ISO 639-1 code of the corpus, for the card"}
+    )
     tokenizer: str | None = field(
         default=None,
-        metadata={"help": "a saved tokenizer folder to reuse (matched runs must share one); default: train one"},
+        metadata={
+            "help": "a saved tokenizer folder to reuse (matched runs must share one); default: train one"
+        },
     )
     vocab_size: int = field(default=4096, metadata={"help": "vocabulary of the byte-level BPE trained here"})
     tokenizer_train_chars: int = field(
@@ -98,13 +114,17 @@ class DataArguments:
     eval_blocks: int = field(default=32, metadata={"help": "validation blocks scored at every evaluation"})
     eval_lengths: list[int] = field(
         default_factory=lambda: [256, 512, 1024],
-        metadata={"help": "input lengths of the final validation perplexity (beyond block_size: not evaluated)"},
+        metadata={
+            "help": "input lengths of the final validation perplexity (beyond block_size: not evaluated)"
+        },
     )
 
     def __post_init__(self) -> None:
         if not self.train_files:
             raise ValueError("Give at least one training file (.txt or .jsonl[.xz]).")
         if not self.validation_files:
-            raise ValueError("Give at least one validation file: the recipe always reports held-out perplexity.")
+            raise ValueError(
+                "Give at least one validation file: the recipe always reports held-out perplexity."
+            )
         if self.block_size < 2:
             raise ValueError(f"block_size must be at least 2; got {self.block_size}.")

@@ -100,7 +100,8 @@ def paired_difference(arms: Mapping[str, Sequence[Summary]]) -> dict[str, Interv
         kept = [
             (m["validation_perplexity"][length], v["validation_perplexity"][length])
             for m, v in pairs
-            if m["validation_perplexity"][length] is not None and v["validation_perplexity"][length] is not None
+            if m["validation_perplexity"][length] is not None
+            and v["validation_perplexity"][length] is not None
         ]
         differences[length] = seed_interval(*zip(*kept)) if kept else None
     return differences
@@ -247,7 +248,11 @@ def render_card(
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     published = next(run for run in arms[own_arm] if _seed(run) == published_seed)
-    data, training, config = published["data_arguments"], published["training_arguments"], published["model_config"]
+    data, training, config = (
+        published["data_arguments"],
+        published["training_arguments"],
+        published["model_config"],
+    )
     name = repo_id.split("/")[-1]
     lengths = _lengths(published)
     block = str(data["block_size"])
@@ -316,7 +321,10 @@ def render_card(
             (
                 labels[arm],
                 len(runs),
-                ["n/a (beyond the position table)" if s is None else str(s) for s in statistics[arm].values()],
+                [
+                    "n/a (beyond the position table)" if s is None else str(s)
+                    for s in statistics[arm].values()
+                ],
             )
             for arm, runs in arms.items()
         ],
@@ -341,7 +349,10 @@ def render_card(
         ],
         "icl": icl_results,
         "training_rows": [
-            ("Architecture", "GPT-2-style pre-LN decoder, learned absolute positions, tied embeddings (MomentumGPT)"),
+            (
+                "Architecture",
+                "GPT-2-style pre-LN decoder, learned absolute positions, tied embeddings (MomentumGPT)",
+            ),
             (
                 "d_model / FFN / heads / layers",
                 f"{config['hidden_size']} / {config['intermediate_size']} / "
@@ -381,7 +392,10 @@ def render_card(
             ),
             ("Gradient clipping", f"{training['max_grad_norm']}"),
             ("Dropout", f"{published['model_arguments']['dropout']}"),
-            ("Momentum eta", f"{config['momentum_eta']}" + (" (learnable)" if config.get("learnable_eta") else " (fixed)")),
+            (
+                "Momentum eta",
+                f"{config['momentum_eta']}" + (" (learnable)" if config.get("learnable_eta") else " (fixed)"),
+            ),
             ("Hardware", _hardware(published["environment"])),
             ("Wall time per run", _wall_time(all_runs, tokens_seen)),
         ],
@@ -423,7 +437,9 @@ def results_record(
             length: interval(value, with_count=True) for length, value in paired_difference(arms).items()
         },
         "sweep": {f"{eta:g}": run["validation_perplexity"] for eta, run in sorted((sweep or {}).items())},
-        "train_seconds": {arm: {str(_seed(run)): run["train_seconds"] for run in runs} for arm, runs in arms.items()},
+        "train_seconds": {
+            arm: {str(_seed(run)): run["train_seconds"] for run in runs} for arm, runs in arms.items()
+        },
         "parameters": published["parameters"],
         "train_tokens_seen": published["train_tokens_seen"],
         "icl": icl_results,
@@ -440,7 +456,9 @@ def plot_loss_curves(runs: Mapping[str, Summary], path: str | Path) -> Path:
     fig, (ax_train, ax_eval) = plt.subplots(1, 2, figsize=(10, 3.8))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     # One colour per eta (so the arms are told apart at a glance), seeds of an arm share it.
-    etas = sorted({float(summary["model_config"].get("momentum_eta", 0)) for summary in runs.values()}, reverse=True)
+    etas = sorted(
+        {float(summary["model_config"].get("momentum_eta", 0)) for summary in runs.values()}, reverse=True
+    )
     for label, summary in runs.items():
         tokens_per_step = summary["tokens_per_step"]
         history = summary["log_history"]
@@ -450,9 +468,13 @@ def plot_loss_curves(runs: Mapping[str, Summary], path: str | Path) -> Path:
         color = colors[etas.index(eta) % len(colors)]
         linestyle = "-" if eta else "--"
         if train:
-            ax_train.plot(*zip(*train), color=color, linestyle=linestyle, label=label, linewidth=0.8, alpha=0.8)
+            ax_train.plot(
+                *zip(*train), color=color, linestyle=linestyle, label=label, linewidth=0.8, alpha=0.8
+            )
         if evals:
-            ax_eval.plot(*zip(*evals), color=color, linestyle=linestyle, marker="o", markersize=3, label=label)
+            ax_eval.plot(
+                *zip(*evals), color=color, linestyle=linestyle, marker="o", markersize=3, label=label
+            )
     for ax, title in ((ax_train, "training loss"), (ax_eval, "validation loss (block length)")):
         ax.set_xlabel("tokens seen (millions)")
         ax.set_ylabel("cross-entropy (nats/token)")

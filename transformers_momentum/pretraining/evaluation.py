@@ -55,4 +55,3 @@ def perplexity_at_lengths(
         results[length] = math.exp(total_nll / total_tokens)
     model.train(was_training)
     return results
-

@@ -47,7 +47,8 @@ def icl_accuracy(
 
     def accuracy(context) -> float:
         scores = scorer.score(scorer.prefix(context), eval_rows)
-        return sum(s.predicted == int(ex["label"]) for s, ex in zip(scores, eval_rows, strict=True)) / len(eval_rows)
+        correct = [s.predicted == int(ex["label"]) for s, ex in zip(scores, eval_rows, strict=True)]
+        return sum(correct) / len(correct)
 
     zero_shot = accuracy(layout.zero_shot_context())
     per_seed, k_effective = {}, {}

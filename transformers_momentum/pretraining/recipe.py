@@ -80,7 +80,12 @@ def build_model(
     )
     model = MomentumGPTForCausalLM(config)
     model.generation_config = GenerationConfig(
-        bos_token_id=special, eos_token_id=special, pad_token_id=special, do_sample=True, top_k=50, max_new_tokens=64
+        bos_token_id=special,
+        eos_token_id=special,
+        pad_token_id=special,
+        do_sample=True,
+        top_k=50,
+        max_new_tokens=64,
     )
     return model
 
@@ -120,7 +125,9 @@ def pretrain(
     )
     validation_stream = token_stream(validation_docs, tokenizer)
 
-    set_seed(training_args.seed)  # before construction: the seed fixes the initial weights as well as the data order
+    set_seed(
+        training_args.seed
+    )  # before construction: the seed fixes the initial weights as well as the data order
     model = build_model(model_args, tokenizer, data_args.block_size)
     trainer = PerplexityTrainer(
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=validation_dataset
@@ -204,14 +211,18 @@ def _whole_eval_batches(dataset, training_args: TrainingArguments):
             f"(per_device_eval_batch_size x processes); lower --per_device_eval_batch_size or raise --eval_blocks."
         )
     if usable < len(dataset):
-        logger.warning("Scoring %d of %d validation blocks (whole evaluation batches only).", usable, len(dataset))
+        logger.warning(
+            "Scoring %d of %d validation blocks (whole evaluation batches only).", usable, len(dataset)
+        )
     return dataset.select(range(usable))
 
 
 def _resume_point(training_args: TrainingArguments) -> str | None:
     resume = training_args.resume_from_checkpoint
     if resume == "latest":
-        resume = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
+        resume = (
+            get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
+        )
         if resume is None:
             logger.warning("No checkpoint under %s; starting from scratch.", training_args.output_dir)
     elif resume is not None and not Path(resume).is_dir():
