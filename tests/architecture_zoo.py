@@ -74,6 +74,13 @@ TINY = dict(
     qk_nope_head_dim=4,
     v_head_dim=8,
     # the state-space and linear-attention blocks of hybrids
+    index_head_dim=8,  # the sparse-attention indexers of DeepSeek-V3.2-style models
+    index_n_heads=2,
+    index_topk=4,
+    linear_head_dim=8,
+    linear_num_heads=2,
+    vocab_size_per_layer_input=100,
+    hidden_size_per_layer_input=8,
     linear_num_key_heads=2,
     linear_num_value_heads=4,
     linear_key_head_dim=8,
@@ -111,7 +118,8 @@ OVERRIDES: dict[str, dict] = {
     "cohere_compass_text": dict(
         rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e4}}
     ),
-    "dbrx": dict(attn_config=dict(kv_n_heads=2, rope_theta=1e4)),
+    "dbrx": dict(attn_config=dict(kv_n_heads=2, rope_theta=1e4, clip_qkv=8.0)),
+    "reformer": dict(axial_pos_embds_dim=[16, 16], axial_pos_shape=[1, SEQUENCE_LENGTH]),
     "qwen4_exp_text": dict(
         indexer_budget=4, indexer_compress_ratio=2, indexer_head_dim=8, indexer_kv_heads=1, indexer_n_heads=2
     ),
@@ -120,6 +128,7 @@ OVERRIDES: dict[str, dict] = {
     "xlnet": dict(d_head=8),
     "moshi": dict(audio_vocab_size=64),
     "xmod": dict(default_language="en_XX"),
+    "blt": dict(encoder_hash_byte_group_vocab=64),
 }
 
 
@@ -519,10 +528,11 @@ def _check(model_type: str) -> Entry:
             3, TINY["vocab_size"], (1, SEQUENCE_LENGTH), generator=torch.Generator().manual_seed(0)
         )
         try:
+            needs_flag = False
             try:
                 model = build(model_type)
             except AssertionError:  # an encoder whose LM head demands its decoder flag (Reformer)
-                model = build(model_type, is_decoder=True)
+                model, needs_flag = build(model_type, is_decoder=True), True
             reader = QKVReader(model)
             _, saw_attention, _ = reader.run(ids)
             causal = _is_causal(model, ids)
@@ -534,7 +544,7 @@ def _check(model_type: str) -> Entry:
         flag = _causal_flag(model.config)
         if architectures._is_encoder_decoder(model.config):
             entry.kind = "encoder-decoder"
-        elif flag is not None and (not causal or getattr(model.config, flag)):
+        elif flag is not None and (not causal or needs_flag):
             model = build(model_type, **{flag: True})
             reader = QKVReader(model)
             _, saw_attention, _ = reader.run(ids)

@@ -32,7 +32,7 @@ def test_named_type_is_supported(model_type):
     assert (entry.kind, entry.status) == ("decoder", "supported"), entry
 
 
-@pytest.mark.parametrize("model_type", ["mamba", "rwkv", "xlstm", "bart", "whisper"])
+@pytest.mark.parametrize("model_type", ["mamba", "mamba2", "rwkv", "bart", "whisper"])
 def test_attention_free_and_encoder_decoder_models_are_refused_in_one_line(model_type):
     from architecture_zoo import build
     from peft import get_peft_model
@@ -55,7 +55,6 @@ def test_coverage_goal_and_table():
     failed = [e for e in entries if e.status == "FAILED"]
     assert supported >= 0.95 * total, (supported, total, [(e.model_type, e.note) for e in failed])
     assert all("\n" not in e.note for e in entries)
-    assert sum(counts["not built"]) if "not built" in counts else True
     text = render(entries)
     if os.environ.get("TM_WRITE_ARCHITECTURES_DOC"):
         DOC.write_text(text)

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -378,6 +379,91 @@ def test_a_real_run_summary_holds_everything_the_card_reads(trained_run, recorde
     )
     assert "Only 1 paired seed" in card.text and "a Gutenberg sample" in card.text
     assert f"({summary['environment']['cpu_count']}-core machine)" in card.text
+
+
+@pytest.mark.slow
+def test_matched_programme_writes_publishable_twin_folders(tmp_path, monkeypatch):
+    """examples/pretrain_momentum_gpt.py end to end at toy size: tokenizer, sweep (eta 0.5 and 0), cards."""
+    import importlib.util
+    import lzma
+
+    from transformers_momentum.hub import list_checkpoint_files
+
+    corpus = tmp_path / "toy-corpus"
+    corpus.mkdir()
+    for split, source in (("train", TRAIN), ("valid", VALID)):
+        paragraphs = [p for p in source.read_text().split("\n\n") if p.strip()]
+        with lzma.open(corpus / f"{split}.jsonl.xz", "wt", encoding="utf-8") as handle:
+            for start in range(0, len(paragraphs), 20):
+                handle.write(json.dumps({"text": "\n\n".join(paragraphs[start : start + 20])}) + "\n")
+    path = Path(__file__).resolve().parent.parent / "examples" / "pretrain_momentum_gpt.py"
+    spec = importlib.util.spec_from_file_location("pretrain_momentum_gpt", path)
+    programme = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, programme)  # dataclasses look their module up there
+    spec.loader.exec_module(programme)
+    assert (
+        programme.main(
+            [
+                "--corpus",
+                str(corpus),
+                "--runs_dir",
+                str(tmp_path / "runs"),
+                "--cards_dir",
+                str(tmp_path / "cards"),
+            ]
+            + [
+                "--stages",
+                "tokenizer",
+                "sweep",
+                "cards",
+                "--sweep_etas",
+                "0.5",
+                "--seeds",
+                "1",
+                "--vocab_size",
+                "300",
+            ]
+            + [
+                "--tokenizer_train_chars",
+                "30000",
+                "--max_train_chars",
+                "30000",
+                "--max_validation_chars",
+                "10000",
+            ]
+            + [
+                "--block_size",
+                "32",
+                "--hidden_size",
+                "16",
+                "--num_layers",
+                "1",
+                "--num_heads",
+                "2",
+                "--max_steps",
+                "4",
+            ]
+            + ["--dataset_description", "a toy corpus", "--hub_namespace", "someone"]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "eta0-seed0",
+        "eta0.5-seed0",
+        "tokenizer",
+    ]
+    momentum, vanilla = sorted((tmp_path / "cards").iterdir())
+    assert momentum.name.startswith("momentum-gpt-") and vanilla.name == momentum.name.replace(
+        "momentum", "vanilla"
+    )
+    for folder in (momentum, vanilla):
+        list_checkpoint_files(folder)  # publishable: required files, whole safetensors, no pickles
+    card = (momentum / "README.md").read_text()
+    assert (
+        f"[`someone/{vanilla.name}`](https://huggingface.co/someone/{vanilla.name})" in card
+        and "a toy corpus" in card
+    )
+    assert json.loads((vanilla / "config.json").read_text())["momentum_eta"] == 0
 
 
 def test_icl_accuracy_follows_the_label_log_probabilities(corpus_tokenizer):

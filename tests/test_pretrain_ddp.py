@@ -18,4 +18,4 @@ def test_pretrain_recipe_runs_data_parallel_on_two_cpu_processes(tmp_path):
     assert records[0]["first_values"] == pytest.approx(records[1]["first_values"], rel=1e-7, abs=1e-9)
     # Only the main process writes the checkpoint; tokens per step count both processes.
     summary = json.loads((tmp_path / "run" / "training_summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["tokens_per_step"] == 2 * 4 * 32
+    assert summary["environment"]["processes"] == 2 and summary["tokens_per_step"] == 2 * 4 * 32

@@ -46,7 +46,13 @@ def attention_geometry(attention: nn.Module, config) -> tuple[int, int, int]:
 
     def first(owner, *names):
         for name in names:
-            value = getattr(owner, name, None)
+            try:
+                value = getattr(owner, name, None)
+            except (
+                ValueError,
+                RuntimeError,
+            ):  # per-layer attributes (Gemma 4, dots) refuse to give one global value
+                value = None
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 return value
         return None
@@ -467,12 +473,7 @@ def _detect(decoder: nn.Module) -> ArchitectureSpec | str:
     lists = _module_lists(decoder)
     blocks = [block for block in lists[0][1]] if lists else []
     with_kv = sorted(
-        {
-            type(m).__name__
-            for block in blocks
-            for _, m in block.named_modules()
-            if _kv_layout_of(m) or _has(m, "value") or _has(m, "v_proj")
-        }
+        {type(m).__name__ for block in blocks for _, m in block.named_modules() if _kv_layout_of(m)}
     )
     if with_kv:
         return (
@@ -481,8 +482,10 @@ def _detect(decoder: nn.Module) -> ArchitectureSpec | str:
         )
     classes = sorted({type(block).__name__ for block in blocks})
     return (
-        f"attention-free: its blocks ({', '.join(classes) or 'none found'}) have no softmax attention, hence no keys "
-        "and values to tune or probe"
+        f"none of its blocks ({', '.join(classes) or 'none found'}) has an attention module that calls transformers' "
+        "attention interface with key/value projections, and the model type is not in "
+        "transformers_momentum.architectures.ARCHITECTURES (attention-free models, such as state-space, RWKV or "
+        "xLSTM blocks, have no keys and values to tune or probe)"
     )
 
 

@@ -27,11 +27,11 @@ paper's own GPTs), the constant is recovered from the analysis token's own score
 from __future__ import annotations
 
 import contextlib
-import inspect
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..architectures import (
     attention_modules,
@@ -45,6 +45,26 @@ from ..attention_interface import original_attention_function, register_wrapped_
 from .errors import AnalysisInputError
 
 _PREFIX = "tm_probe:"
+
+
+class _ScoresInside(TorchFunctionMode):
+    """Entered for one attention module's forward: keeps the pre-softmax scores of the last attention it computes
+    (the input of a softmax over keys, mask and positional bias included, or q·kᵀ·scale of an sdpa call)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scores: torch.Tensor | None = None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is nn.functional.scaled_dot_product_attention:
+            query, key = args[0].detach().float(), args[1].detach().float()
+            key = key.repeat_interleave(query.shape[-3] // key.shape[-3], dim=-3)
+            scale = kwargs.get("scale") or query.shape[-1] ** -0.5
+            self.scores = query @ key.transpose(-1, -2) * scale
+        elif func in (torch.softmax, nn.functional.softmax, torch.Tensor.softmax):
+            self.scores = args[0].detach()
+        return func(*args, **kwargs)
 
 
 def _stack_if_same_width(vectors: list[torch.Tensor]) -> torch.Tensor | None:
@@ -137,12 +157,10 @@ class AttentionProbe:
         if self.fallback:
             if switchable:
                 base.set_attn_implementation("eager")
-            # Eager attention modules off the interface (Falcon, TrOCR, ...) return probabilities only when asked.
-            self._hooks += [
-                m.register_forward_pre_hook(self._ask_for_weights, with_kwargs=True)
-                for m in self.modules
-                if "output_attentions" in inspect.signature(m.forward).parameters
-            ]
+            # Modules off the interface that return no probabilities (Falcon, TrOCR, ...): their scores are read
+            # from inside their forward (the softmax input, or the q·kᵀ of their own sdpa call).
+            self._inside: dict[int, _ScoresInside] = {}
+            self._hooks += [m.register_forward_pre_hook(self._enter_scores) for m in self.modules]
             key_name = get_architecture(base).kv.key
             if plain_dot_product_scores(base) and self.has_projected_queries and key_name is not None:
                 self.exact_scores = True
@@ -197,10 +215,16 @@ class AttentionProbe:
         hidden = output[0] if isinstance(output, (tuple, list)) else output
         q_len = hidden.shape[1]
         weights = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
+        inside = self._inside.pop(id(module), None) if self.fallback else None
+        if inside is not None:
+            inside.__exit__(None, None, None)
+            if weights is None and inside.scores is not None:
+                self._keep_inside_scores(layer, inside.scores, hidden.shape[0])
+                weights = False  # scores taken: skip the probabilities below
         for row, index in self._rows.items():
             index %= q_len
             self._outputs[layer][row] = hidden[row, index].detach().float().cpu()
-            if self.fallback:
+            if self.fallback and weights is not False:
                 if weights is None:
                     raise AnalysisInputError(
                         f"{type(module).__name__} does not dispatch through the attention interface and returned no "
@@ -222,10 +246,17 @@ class AttentionProbe:
                     scores = scores - scores[:, -1:] + own[:, None]
                 self._scores[layer][row] = scores
 
-    def _ask_for_weights(self, module, args, kwargs):
+    def _keep_inside_scores(self, layer: int, scores: torch.Tensor, batch: int) -> None:
+        scores = scores.reshape(batch, -1, *scores.shape[-2:])  # (batch, heads, queries, keys)
+        q_len = scores.shape[-2]
+        for row, index in self._rows.items():
+            index %= q_len
+            position = scores.shape[-1] - q_len + index
+            self._scores[layer][row] = scores[row, :, index, : position + 1].detach().float().cpu()
+
+    def _enter_scores(self, module, args) -> None:
         if self._mode == "eval":
-            return args, {**kwargs, "output_attentions": True}
-        return None
+            self._inside[id(module)] = _ScoresInside().__enter__()
 
     def _make_projection_hook(self, layer: int, scaling: float):
         def hook(projection, args, output):

@@ -7,6 +7,7 @@ from peft.config import PeftConfig
 from .peft_type import KV_TUNING
 
 _TARGETS = ("kv", "k", "v")
+_LEGACY_LAYOUTS = {"contiguous_qkv": "qkv", "grouped_qkv": "falcon"}
 
 
 @dataclass
@@ -76,6 +77,8 @@ class KVTuningConfig(PeftConfig):
             raise ValueError("key_module and value_module go together: name both separate projections.")
         if self.key_module is not None and self.fused_module is not None:
             raise ValueError("Name either separate key/value projections or one fused projection, not both.")
+        # Row-layout names adapters saved by transformers-momentum 0.1.0 carry
+        self.fused_layout = _LEGACY_LAYOUTS.get(self.fused_layout, self.fused_layout)
         if self.fused_layout is not None:
             from ..architectures import ROW_LAYOUTS
 
