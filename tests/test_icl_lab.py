@@ -9,11 +9,12 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import transformers_momentum  # noqa: F401
 from transformers_momentum.cli import main
@@ -410,3 +411,63 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, arguments, 
     error = capsys.readouterr().err.strip()
     assert message in error and len(error.splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+
+LAB_CARDS = sorted((Path(__file__).parents[1] / "model_cards").glob("momentum-gpt-*-eta*"))
+
+
+def _card_input(folder: Path) -> tuple[type, dict[str, torch.Tensor]]:
+    config = json.loads((folder / "config.json").read_text())
+    if config["model_type"] == "momentum_gpt":  # MQAR: k1 v1 k2 v2 | k2 v2 k1 -> v1
+        n_keys = (config["vocab_size"] - 1) // 2
+        return AutoModelForCausalLM, {
+            "input_ids": torch.tensor([[1, n_keys + 3, 2, n_keys + 7, 2, n_keys + 7, 1]])
+        }
+    generator = seed_generator(0)
+    xs = torch.randn(4, config["max_points"], config["n_dims"], generator=generator)
+    w = torch.randn(4, config["n_dims"], generator=generator)
+    return AutoModel, {"xs": xs, "ys": (xs * w[:, None]).sum(-1)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("folder", LAB_CARDS, ids=[p.name for p in LAB_CARDS])
+def test_lab_checkpoint_loads_with_the_plugin_and_as_remote_code(folder, tmp_path):
+    auto_class, inputs = _card_input(folder)
+    model = auto_class.from_pretrained(folder).eval()
+    assert type(model).__module__.startswith("transformers_momentum")
+    assert "η = " in (folder / "README.md").read_text()
+    with torch.no_grad():
+        output = model(**inputs)
+    expected = output.logits if auto_class is AutoModelForCausalLM else output.predictions
+    if auto_class is AutoModelForCausalLM:
+        # The card's example: a trained recall model answers k1 with v1.
+        assert expected[0, -1].argmax().item() == inputs["input_ids"][0, 1].item()
+    save_file({**inputs, "expected": expected.contiguous()}, tmp_path / "expected.safetensors")
+    script = textwrap.dedent(
+        f"""
+        import importlib.abc, sys
+        class HidePlugin(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "transformers_momentum":
+                    raise ModuleNotFoundError("plugin hidden for this test")
+        sys.meta_path.insert(0, HidePlugin())
+        import torch, transformers
+        from safetensors.torch import load_file
+        model = transformers.{auto_class.__name__}.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        data = load_file({str(tmp_path / "expected.safetensors")!r})
+        expected = data.pop("expected")
+        with torch.no_grad():
+            output = model(**data)
+        got = output.logits if hasattr(output, "logits") else output.predictions
+        assert torch.allclose(got, expected, atol=1e-6), (got - expected).abs().max()
+        print("REMOTE_OK")
+        """
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert "REMOTE_OK" in result.stdout, result.stderr[-3000:]

@@ -1,4 +1,5 @@
-"""Real-model check: K/V-only SGD on real SST-2 sentences changes SmolLM2-135M's zero-shot predictions."""
+"""Real-model check: K/V-only SGD on real SST-2 sentences changes SmolLM2-135M's zero-shot predictions, and gives the
+accuracies the README states (82.81% -> 85.94% on 64 held-out sentences)."""
 
 from pathlib import Path
 
@@ -63,10 +64,9 @@ def test_kv_sgd_steps_change_zero_shot_predictions_of_smollm2():
         f"SmolLM2-135M SST-2 held-out (64): zero-shot {accuracy_before:.4f} -> after K/V SGD {accuracy_after:.4f}, "
         f"{int((after != before).sum())} predictions changed"
     )
-    assert (after != before).any()
-    assert (
-        accuracy_after >= accuracy_before - 0.05
-    )  # a few small steps on real demonstrations do not wreck it
+    # The numbers the README and docs/kv_tuning.md state: 53/64 = 82.81% zero-shot, 55/64 = 85.94% after.
+    assert (int((before == held_labels).sum()), int((after == held_labels).sum())) == (53, 55)
+    assert int((after != before).sum()) == 2
     # only the deltas moved, and they moved in every layer's K and V
     assert all(
         torch.equal(p, base_weights[n]) for n, p in peft_model.named_parameters() if not p.requires_grad

@@ -14,7 +14,7 @@ of the conventional names (`k_proj`/`v_proj`, `key`/`value`, ...) or DeepSeek's 
 Hybrid models (Jamba, Qwen3-Next, LFM2, ...) are handled the same way: the blocks whose attention path holds the
 projections are the attention layers; the others (state-space, linear-attention, convolution blocks) are not touched.
 
-What "the keys and values" are (Dai et al. 2023, §2.2: W_K and W_V map each token's representation to its key and
+What "the keys and values" are (Dai et al. 2023, §3: W_K and W_V map each token's representation to its key and
 value):
 
 * separate projections (`k_proj`, `v_proj`): every output row;
@@ -29,6 +29,7 @@ value):
 from __future__ import annotations
 
 import inspect
+import re
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,31 +41,35 @@ from transformers.pytorch_utils import Conv1D
 # ------------------------------------------------------------------------------------------------ row layouts
 
 
-def attention_geometry(attention: nn.Module, config) -> tuple[int, int, int]:
+def _first_size(owner, *names: str) -> int | None:
+    """The first of `names` that `owner` has as a positive integer."""
+    for name in names:
+        try:
+            value = getattr(owner, name, None)
+        except (ValueError, RuntimeError):  # per-layer sizes (Gemma 4, dots) refuse to give one global value
+            value = None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _query_heads(attention: nn.Module | None, config) -> int:
+    heads = _first_size(attention, "num_heads", "num_attention_heads", "n_heads", "n_head")
+    return heads or _first_size(config, "num_attention_heads", "n_head", "num_heads")
+
+
+def attention_geometry(attention: nn.Module | None, config) -> tuple[int, int, int]:
     """(query heads, key/value heads, head dim) of one attention module, from its own attributes where it has them
     (per-layer geometry, multi-query flags) and from the text config otherwise."""
-
-    def first(owner, *names):
-        for name in names:
-            try:
-                value = getattr(owner, name, None)
-            except (
-                ValueError,
-                RuntimeError,
-            ):  # per-layer attributes (Gemma 4, dots) refuse to give one global value
-                value = None
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
-        return None
-
-    heads = first(attention, "num_heads", "num_attention_heads", "n_heads", "n_head")
-    heads = heads or first(config, "num_attention_heads", "n_head", "num_heads")
-    kv_heads = first(attention, "num_key_value_heads", "num_kv_heads", "kv_heads", "n_kv_heads")
-    if kv_heads is None and first(attention, "num_key_value_groups"):
+    heads = _query_heads(attention, config)
+    kv_heads = _first_size(attention, "num_key_value_heads", "num_kv_heads", "kv_heads", "n_kv_heads")
+    if kv_heads is None and _first_size(attention, "num_key_value_groups"):
         kv_heads = heads // attention.num_key_value_groups
-    kv_heads = kv_heads or first(config, "num_key_value_heads", "num_kv_heads") or heads
-    head_dim = first(attention, "head_dim", "head_size", "attention_head_size") or first(config, "head_dim")
-    head_dim = head_dim or first(config, "hidden_size", "n_embd", "d_model") // heads
+    kv_heads = kv_heads or _first_size(config, "num_key_value_heads", "num_kv_heads") or heads
+    head_dim = _first_size(attention, "head_dim", "head_size", "attention_head_size") or _first_size(
+        config, "head_dim"
+    )
+    head_dim = head_dim or _first_size(config, "hidden_size", "n_embd", "d_model") // heads
     return heads, kv_heads, head_dim
 
 
@@ -134,7 +139,7 @@ def _codegen(attention, config) -> Rows:
 
 def _latent_kv(attention, config) -> Rows:
     """MLA up-projection `kv_b_proj`: per head [k_nope (qk_nope_head_dim) | v (v_head_dim)], all rows K or V."""
-    heads = attention_geometry(attention, config)[0]
+    heads = _query_heads(attention, config)
     nope = getattr(attention, "qk_nope_head_dim", None) or config.qk_nope_head_dim
     value = getattr(attention, "v_head_dim", None) or config.v_head_dim
     starts = torch.arange(heads)[:, None] * (nope + value)
@@ -295,14 +300,12 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
     # separate projections, attention computed outside the attention interface
     "xglm": ArchitectureSpec(final_norm="layer_norm", plain_scores=True),  # the paper's GPT (fairseq-dense)
     "gpt_neo": ArchitectureSpec(layers="h", attention="attn.attention", final_norm="ln_f"),
-    "trocr": ArchitectureSpec(layers="decoder.layers", final_norm="decoder.layernorm", plain_scores=True),
-    # separate projections behind a short convolution and a norm (like a qk-norm, not part of W_K / W_V)
-    "inkling2_text": ArchitectureSpec(
-        KVLayout.separate("k_proj.linear", "v_proj.linear"), query="q_proj.linear"
-    ),
-    "inkling2_loop_text": ArchitectureSpec(
-        KVLayout.separate("k_proj.linear", "v_proj.linear"), query="q_proj.linear"
-    ),
+    "gptj": ArchitectureSpec(
+        layers="h", attention="attn", final_norm="ln_f"
+    ),  # off the interface before 5.24
+    "trocr": ArchitectureSpec(
+        layers="decoder.layers", final_norm=None, plain_scores=True
+    ),  # post-norm blocks
     "momentum_gpt": ArchitectureSpec(attention="attn"),
 }
 
@@ -394,8 +397,15 @@ def _kv_layout_of(attention: nn.Module) -> KVLayout | None:
         return LATENT_KV
     for key, value in _KV_NAMES:
         if _has(attention, key) and _has(attention, value):
-            return KVLayout.separate(key, value)
+            return KVLayout.separate(_linear_inside(attention, key), _linear_inside(attention, value))
     return None
+
+
+def _linear_inside(attention: nn.Module, name: str) -> str:
+    """`name`, or `name.linear` where the projection wraps its linear map with extras (Inkling's short convolution
+    and norm after it, Moshi's per-codebook wrapper): W_K and W_V are the linear maps."""
+    wrapped = not _is_linear(_get(attention, name)) and _is_linear(_get(attention, f"{name}.linear"))
+    return f"{name}.linear" if wrapped else name
 
 
 def _is_linear(module: nn.Module | None) -> bool:
@@ -449,7 +459,7 @@ def _detect(decoder: nn.Module) -> ArchitectureSpec | str:
                 parent_path, _, last = attention_path.rpartition(".")
                 if last.isdigit() and isinstance(_get(block, parent_path), nn.ModuleList):
                     attention_path = parent_path  # several attention modules per block
-                query = "|".join(n for n in _QUERY_NAMES if _has(module, n)) or None
+                query = "|".join(_linear_inside(module, n) for n in _QUERY_NAMES if _has(module, n)) or None
                 parent = layers_path.rsplit(".", 1)[0] + "." if "." in layers_path else ""
                 norm = next(
                     (
@@ -477,8 +487,10 @@ def _detect(decoder: nn.Module) -> ArchitectureSpec | str:
     )
     if with_kv:
         return (
-            f"its attention ({', '.join(with_kv)}) is computed outside transformers' attention interface, and the "
-            "model type is not in transformers_momentum.architectures.ARCHITECTURES"
+            f"its blocks have key/value projections ({', '.join(with_kv)}) but compute no attention through "
+            "transformers' attention interface, and the model type is not in "
+            "transformers_momentum.architectures.ARCHITECTURES (linear attention, as in RWKV, has no softmax over "
+            "keys; softmax attention computed in a model's own code needs a table entry)"
         )
     classes = sorted({type(block).__name__ for block in blocks})
     return (
@@ -582,9 +594,24 @@ class AttentionSite:
 
 
 def attention_sites(model: nn.Module, layout: KVLayout | None = None) -> list[AttentionSite]:
-    """Every softmax-attention module, in layer order."""
+    """Every softmax-attention module, in layer order.
+
+    With an explicit `layout` for a model whose architecture is neither in the table nor detected, the attention
+    modules are the modules holding all of the layout's projections.
+    """
     base = unwrap_peft(model)
-    spec = get_architecture(base)
+    try:
+        spec = get_architecture(base)
+    except ValueError:
+        if layout is None:
+            raise
+        return [
+            AttentionSite(
+                int(match.group(1)) if (match := re.search(r"\.(\d+)\.", f".{name}.")) else 0, name, m
+            )
+            for name, m in base.named_modules()
+            if name and all(_has(m, projection) for projection in layout.module_names)
+        ]
     decoder_path = text_decoder(base)[0]
     prefix = f"{decoder_path}.{spec.layers}" if decoder_path else spec.layers
     return [
@@ -651,7 +678,9 @@ def query_projection(attention: nn.Module, config) -> tuple[nn.Module, float] | 
     """
     spec = ARCHITECTURES.get(getattr(text_config(config), "model_type", None))
     names = (spec.query or "").split("|") if spec is not None else _QUERY_NAMES
-    module = next((_get(attention, n) for n in names if n and _has(attention, n)), None)
+    module = next(
+        (_get(attention, _linear_inside(attention, n)) for n in names if n and _has(attention, n)), None
+    )
     if module is None:
         return None
     scaling = getattr(attention, "scaling", None)

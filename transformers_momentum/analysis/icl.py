@@ -54,9 +54,13 @@ def choose_demos(
     budget: int,
     *,
     allow_fewer: bool = False,
+    allow_none: bool = False,
     max_length: int = 0,
 ) -> list[dict]:
-    """The first `k` demos of `pool` shuffled with `seed` whose context stays under `budget` tokens."""
+    """The first `k` demos of `pool` shuffled with `seed` whose context stays under `budget` tokens.
+
+    Fewer than `k` is an error unless `allow_fewer` (then at least one must fit, unless `allow_none`).
+    """
     demos, length = [], len(layout.start_ids)
     for example in pool.shuffle(seed=seed):
         if len(demos) == k:
@@ -66,7 +70,7 @@ def choose_demos(
             break
         demos.append(example)
         length += size
-    if len(demos) < k and (not allow_fewer or not demos):
+    if len(demos) < k and (not allow_fewer or (not demos and not allow_none)):
         raise AnalysisInputError(
             f"k={k} demonstrations do not fit the context: with seed {seed} only {len(demos)} fit in "
             f"{max_length or budget} tokens after reserving room for the longest evaluation example. Use --k "

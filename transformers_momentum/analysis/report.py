@@ -112,6 +112,8 @@ def cell(result: AnalysisResult, row: Row, model: str = "pretrained", variant: s
         node = getattr(node, part, None) if node is not None else None
     if row.metric == "weight_space" and node is not None:
         return node.mean
+    if row.metric == "rec2ftp" and node is None and result.models[model].comparisons.get(variant) is not None:
+        return math.nan  # measured, but undefined: FT fixed no example
     return node
 
 
@@ -156,7 +158,8 @@ def render_report(result: AnalysisResult) -> str:
     lines += ["", "## Results", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in ROWS:
         main = cell(result, row)
-        if main is None and all(cell(result, row, m, v) is None for m, v, _, _ in present):
+        measured = main is not None or any(cell(result, row, m, v) is not None for m, v, _, _ in present)
+        if not measured and row.metric != "rec2ftp":  # Rec2FTP stays: "n/a (0/0)" says FT fixed nothing
             continue
         paper = PAPER.get(row.paper, {}).get(task) if row.paper else None
         published = f"{_fmt(paper[0], row.digits)} / {_fmt(paper[1], row.digits)}" if paper else ""
@@ -168,7 +171,10 @@ def render_report(result: AnalysisResult) -> str:
             if row.scope == "model" and model == "pretrained":
                 cells.append("")
                 continue
-            text = _fmt(_value(cell(result, row, model, variant)), row.digits)
+            value = cell(result, row, model, variant)
+            text = (
+                "" if value is None else _fmt(_value(value), row.digits)
+            )  # blank: not measured for this column
             published = DEUTCH.get(f"{row.deutch}_{suffix}", {}).get(task) if row.deutch and suffix else None
             cells.append(text + (f" (D {_fmt(published, row.digits)})" if published is not None else ""))
         if row.metric == "rec2ftp":

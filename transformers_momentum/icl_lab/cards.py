@@ -115,6 +115,7 @@ def render_card(results: Mapping, eta: str, twin: str, name: str, twin_name: str
         )
         usage_input = f"xs, w = torch.randn(1, {config['max_examples'] + 1}, {config['n_dims']}), torch.randn({config['n_dims']})"
         usage_call = "model(xs, xs @ w).predictions  # prediction at every x from the pairs before it"
+    momentum_arms = ", ".join(_eta_label(e) for e in config["eta_list"] if e != "0")
     lines = front + [
         f"# {name}",
         "",
@@ -122,7 +123,12 @@ def render_card(results: Mapping, eta: str, twin: str, name: str, twin_name: str
         f"trained from scratch on {_TASK_TEXT[task]} ({setting}), with momentum attention on the value vectors "
         f"({PAPER}, §5): `out_t = softmax-attention_t + sum_(i<t) eta^(t-i) v_i`, **{_eta_label(eta)}**.",
         "",
-        f"Its matched twin is [`{twin_name}`](../{twin_name}): same architecture, data stream, steps "
+        (
+            f"This arm scored best of the momentum arms ({momentum_arms}) on the headline measure below. "
+            if eta != "0"
+            else f"This is the η = 0 twin of the best momentum arm ({_eta_label(twin)}). "
+        )
+        + f"Its matched twin is [`{twin_name}`](../{twin_name}): same architecture, data stream, steps "
         f"({config['steps']} × batch {config['batch_size']}), seeds, differing only in η. These weights are seed "
         f"{seed}; the tables report all seeds {config['seed_list']} of both arms, trained by "
         "`transformers-momentum icl-lab` (docs/icl_lab.md in the repository).",
@@ -172,6 +178,8 @@ def export_checkpoints(run_out: str | Path, cards_dir: str | Path) -> list[Path]
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(source, target)
+        for path in target.iterdir():
+            path.chmod(0o644)  # safetensors writes 0600; a published folder is world-readable
         (target / "README.md").write_text(render_card(results, eta, twin, names[eta], names[twin], seed))
         summary = {
             "task": config["task"],

@@ -46,6 +46,7 @@ def plot_error_curves(results: Mapping, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, baseline in results["baselines"].items():
@@ -69,6 +70,7 @@ def plot_error_curves(results: Mapping, path: Path) -> Path:
         ax.set_ylabel("squared error / d")
         ax.set_title("In-context linear regression (95% CI over seeds)")
         ax.set_ylim(bottom=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -84,6 +86,7 @@ def plot_alignment(results: Mapping, path: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     etas = list(results["alignment"])
     fig, axes = plt.subplots(1, len(etas), figsize=(3.2 * len(etas), 3.4), sharey=True, squeeze=False)
@@ -96,6 +99,7 @@ def plot_alignment(results: Mapping, path: Path) -> Path | None:
             ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=name)
         ax.set_title(_eta_label(eta), fontsize=9)
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("sensitivity cosine (model cos)")
     axes[0][-1].legend(fontsize=6)

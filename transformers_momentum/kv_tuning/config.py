@@ -1,4 +1,4 @@
-"""KVTuningConfig: train only the attention key and value projections (Dai et al. 2023, §2.2 and §4)."""
+"""KVTuningConfig: train only the attention key and value projections (Dai et al. 2023, §3.3)."""
 
 from dataclasses import dataclass, field
 

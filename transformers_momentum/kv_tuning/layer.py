@@ -158,7 +158,9 @@ class KVTuningLayer(nn.Module, BaseTunerLayer):
         for adapter in adapters:
             delta, rows = self.kv_tuning_weight[adapter], self.kv_tuning_rows[adapter]
             covers_all = self.kv_tuning_all_rows[adapter]
-            delta = delta.T if self.fan_in_fan_out else delta  # (not peft's `transpose`: it re-wraps Parameters)
+            delta = (
+                delta.T if self.fan_in_fan_out else delta
+            )  # (not peft's `transpose`: it re-wraps Parameters)
             weight = weight + delta if covers_all else weight.index_add(row_dim, rows, delta)
             if adapter in self.kv_tuning_bias and bias is not None:
                 bias_delta = self.kv_tuning_bias[adapter]

@@ -24,28 +24,10 @@ def _explicit_layout(config: KVTuningConfig) -> KVLayout | None:
     return None
 
 
-def _named_modules_ending_in(model: nn.Module, layout: KVLayout) -> dict[str, dict]:
-    """For models with no architecture found: every module named like one of `layout`'s projections, with the roles
-    its row layout gives (separate projections only: a fused layout needs the attention module's geometry)."""
-    names = {p.name: p.layout for p in layout.projections}
-    found = {}
-    for full_name, _ in model.named_modules():
-        layout_name = names.get(full_name.rsplit(".", 1)[-1])
-        if layout_name in ("key", "value"):
-            found[full_name] = {"k" if layout_name == "key" else "v": None}
-    return found
-
-
 def kv_targets(model: nn.Module, config: KVTuningConfig) -> dict[str, dict[str, torch.Tensor | None]]:
     """Full module name -> {role: output rows} of the key/value projections `config` adapts, before peft's own
     `target_modules` / `exclude_modules` / `layers_to_transform` selection."""
-    explicit = _explicit_layout(config)
-    try:
-        projections = kv_projections(model, explicit)
-    except ValueError:
-        if explicit is None:
-            raise
-        projections = _named_modules_ending_in(model, explicit)
+    projections = kv_projections(model, _explicit_layout(config))
     selected = {}
     for name, roles in projections.items():
         roles = {role: rows for role, rows in roles.items() if role.split("_")[0] in config.targets}
@@ -80,7 +62,7 @@ class KVTuningModel(BaseTuner):
             )  # a one-line error for models without softmax attention, before peft's own
         self._kv_targets = kv_targets(model, peft_config)
         if peft_config.target_modules is None:
-            peft_config.target_modules = sorted({name.rsplit(".", 1)[-1] for name in self._kv_targets})
+            peft_config.target_modules = {name.rsplit(".", 1)[-1] for name in self._kv_targets}
         matched = [n for n in self._kv_targets if self._matches(peft_config, n)]
         if not matched:
             names = sorted({name.rsplit(".", 1)[-1] for name in self._kv_targets})

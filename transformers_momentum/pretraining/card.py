@@ -178,11 +178,13 @@ def remote_code_requirement(transformers_requirement: str) -> str | None:
 def _installed_transformers_requirement() -> str | None:
     from importlib.metadata import PackageNotFoundError, requires
 
+    from packaging.requirements import Requirement
+
     try:
         lines = requires("transformers-momentum") or []
     except PackageNotFoundError:
         return None
-    return next((line for line in lines if line.replace(" ", "").startswith("transformers")), None)
+    return next((line for line in lines if Requirement(line).name == "transformers"), None)
 
 
 def _schedule(training: Mapping[str, Any], warmup_steps: int) -> str:

@@ -14,7 +14,7 @@ def perplexity_at_lengths(
     model: PreTrainedModel,
     token_ids: Sequence[int],
     lengths: Sequence[int],
-    batch_size: int = 8,
+    batch_size: int | None = None,
 ) -> dict[int, float | None]:
     """Perplexity of ``model`` on ``token_ids`` cut into non-overlapping windows of each length in ``lengths``.
 
@@ -24,7 +24,8 @@ def perplexity_at_lengths(
     rather than evaluated on untrained positions.
 
     Returns ``{length: perplexity or None}``; perplexity is ``exp(total NLL / predicted tokens)``, where each window
-    predicts its tokens 2..L (the first token of a window has no context).
+    predicts its tokens 2..L (the first token of a window has no context). ``batch_size`` windows go through the
+    model at once (default: as many as make 8,192 tokens, so short windows do not cost one call each).
     """
     max_positions = getattr(model.config, "max_position_embeddings", None)
     usable = [length for length in lengths if max_positions is None or length <= max_positions]
@@ -43,9 +44,10 @@ def perplexity_at_lengths(
     device = next(model.parameters()).device
     for length in usable:
         windows = stream.view(-1, length)
+        per_batch = batch_size or max(1, 8192 // length)
         total_nll, total_tokens = 0.0, 0
-        for start in range(0, windows.shape[0], batch_size):
-            batch = windows[start : start + batch_size].to(device)
+        for start in range(0, windows.shape[0], per_batch):
+            batch = windows[start : start + per_batch].to(device)
             logits = model(input_ids=batch, use_cache=False).logits.float()
             nll = torch.nn.functional.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"

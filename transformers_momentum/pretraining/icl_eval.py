@@ -41,7 +41,7 @@ def icl_accuracy(
     data = load_task_data(task)
     layout = PromptLayout(tokenizer, task)
     eval_rows = list(data.eval.shuffle(seed=1).select(range(min(n_eval, len(data.eval)))))
-    budget, _ = context_budget(model, layout, eval_rows, max_length)
+    budget, max_length = context_budget(model, layout, eval_rows, max_length)
     scorer = CandidateScorer(model, layout, batch_size=batch_size, keep_next_token=False)
     model.eval()
 
@@ -53,7 +53,9 @@ def icl_accuracy(
     zero_shot = accuracy(layout.zero_shot_context())
     per_seed, k_effective = {}, {}
     for seed in seeds:
-        demos = choose_demos(data.train, seed, layout, k, budget, allow_fewer=True, max_length=max_length)
+        demos = choose_demos(
+            data.train, seed, layout, k, budget, allow_fewer=True, allow_none=True, max_length=max_length
+        )
         k_effective[seed] = len(demos)
         per_seed[seed] = accuracy(layout.context(demos))
     labels = [int(row["label"]) for row in eval_rows]
