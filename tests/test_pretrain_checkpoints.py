@@ -19,7 +19,9 @@ from transformers_momentum.hub import list_checkpoint_files
 from transformers_momentum.pretraining import perplexity_at_lengths, token_stream
 
 CARDS = Path(__file__).resolve().parent.parent / "model_cards"
-FOLDERS = sorted(p for p in CARDS.iterdir() if (p / "config.json").is_file()) if CARDS.is_dir() else []
+# The pretraining programme's pairs, named <arch>-<parameters>-<tokens> (other capabilities ship other checkpoints).
+PAIR_NAME = re.compile(r"(momentum|vanilla)-gpt-\d+(\.\d)?[KMB]?-\d+(\.\d)?[KMB]?")
+FOLDERS = sorted(p for p in CARDS.iterdir() if PAIR_NAME.fullmatch(p.name)) if CARDS.is_dir() else []
 VALID = Path(__file__).parent / "data" / "corpus_valid_sample.txt"
 RECORDED_RUNS = Path(__file__).parent / "data" / "shipped_checkpoint_runs.json"
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -155,6 +155,18 @@ def analyze(
     )
 
 
+@dataclass
+class _SeedRun:
+    """What one seed on one model produced."""
+
+    values: SeedValues  # per-example metric values
+    info: SeedInfo
+    weights: dict[str, list | None]  # per variant: cos(ΔW_ICL, ΔW_FT) per layer and head
+    losses: dict[str, list[float]]  # per variant: the SGD losses
+    variant_info: dict[str, dict]  # per variant: random labels kept, the other task, ...
+    order: dict | None  # the order control: {"icl" | "ft": (changed, std of P(gold))} per example
+
+
 class _ModelRun:
     """Runs every seed on one model (stage 2 of the module docstring)."""
 
@@ -186,26 +198,27 @@ class _ModelRun:
                 total=len(self.seeds) * len(self.splits.eval_examples), desc=f"analyse [{name}]",
                 unit="ex", disable=not config.progress,
             )  # fmt: skip
-            values, infos, weights, losses, info, order = [], [], {}, {}, {}, []
             with progress:
-                for seed in self.seeds:
-                    seed_values, seed_info, extra = self._seed(engine, name, seed, variants, progress)
-                    values.append(seed_values)
-                    infos.append(seed_info)
-                    for variant in variants:
-                        weights.setdefault(variant.name, []).append(extra["weights"][variant.name])
-                        losses.setdefault(variant.name, []).append(extra["losses"][variant.name])
-                        info.setdefault(variant.name, []).append(extra["info"][variant.name])
-                    if extra["order"] is not None:
-                        order.append(extra["order"])
+                runs = [self._seed(engine, name, seed, variants, progress) for seed in self.seeds]
             if engine.scorer.single_row_cache_batches:
                 logger.info("%s: the context cache holds a recurrent state; ICL rows ran one at a time", name)
         finally:
             engine.close()
+        values = [run.values for run in runs]
         result = summarize_model(
-            values, config, weights=weights, losses=losses, info=info, order=order or None
+            values,
+            config,
+            weights={v.name: [run.weights[v.name] for run in runs] for v in variants},
+            losses={v.name: [run.losses[v.name] for run in runs] for v in variants},
+            info={v.name: [run.variant_info[v.name] for run in runs] for v in variants},
+            order=[run.order for run in runs if run.order is not None] or None,
         )
-        return result, infos, seed_selection, warnings_for(name, self.seeds, values, self.layout.task)
+        return (
+            result,
+            [run.info for run in runs],
+            seed_selection,
+            warnings_for(name, self.seeds, values, self.layout.task),
+        )
 
     def _kendall_source(self, engine: Engine) -> str | None:
         """Which queries Kendall τ uses: the ones attention used, or (position-free queries) the projection's."""
@@ -217,7 +230,7 @@ class _ModelRun:
             )
         return None
 
-    def _seed(self, engine: Engine, name: str, seed: int, variants, progress):
+    def _seed(self, engine: Engine, name: str, seed: int, variants, progress) -> _SeedRun:
         config, layout, splits = self.config, self.layout, self.splits
         demos = draw_demos(splits, seed, layout, config, self.budget, self.max_length)
         context = layout.context(demos)
@@ -313,7 +326,7 @@ class _ModelRun:
             lr_search=lr_search,
             demo_indices=[int(d["__pool_index"]) for d in demos],
         )
-        return values, seed_info, {"weights": weights, "losses": losses, "info": info, "order": order}
+        return _SeedRun(values, seed_info, weights, losses, info, order)
 
 
 __all__ = ["analyze"]

@@ -97,14 +97,19 @@ def warnings_for(model: str, seeds: list[int], values: list[SeedValues], task) -
     out = []
     for seed, seed_values in zip(seeds, values, strict=True):
         several_classes = len(set(seed_values.gold)) > 1
+        zsl_collapsed = len(set(seed_values.zsl_predicted)) == 1
         for name, variant in seed_values.variants.items():
             classes = set(variant.predicted)
             if several_classes and len(classes) == 1:
                 word = task.label_words[next(iter(classes))]
+                cause = (
+                    "as ZSL does: the model itself predicts one class"
+                    if zsl_collapsed
+                    else "the update collapsed to one class (the learning rate may be too high)"
+                )
                 out.append(
-                    f"{model}, seed {seed}: FT ({name}) predicts {word!r} for every evaluation example; the update "
-                    "collapsed to one class (the learning rate may be too high), so its similarities describe a "
-                    "degenerate model."
+                    f"{model}, seed {seed}: FT ({name}) predicts {word!r} for every evaluation example, {cause}; its "
+                    "similarities describe a degenerate model."
                 )
         main, control = seed_values.variants.get("gd"), seed_values.variants.get("random_label")
         if main is not None and control is not None and main.predicted == control.predicted:

@@ -164,9 +164,16 @@ def update_cosines(
         for name, ft in finetuning_updates(prompts, k, probes, lrs[k], steps, generator).items():
             value = update_cosine(icl, torch.zeros_like(icl), ft, torch.zeros_like(ft)).mean().item()
             result.setdefault(name, {"per_k": {}})["per_k"][k] = value
-    for entry in result.values():
-        entry["mean"] = sum(entry["per_k"].values()) / len(entry["per_k"])
+    for name, entry in result.items():
+        entry["mean"] = update_cosine_mean(name, entry["per_k"])
     return result
+
+
+def update_cosine_mean(name: str, per_k: Mapping) -> float:
+    """Mean over k of an update cosine. The shuffled-label null counts only k >= 2: one demonstration has nothing
+    to shuffle, so there the null would equal real FT."""
+    values = [value for k, value in per_k.items() if name != "gd_shuffled_labels" or int(k) >= 2]
+    return sum(values) / len(values) if values else float("nan")
 
 
 def fitted_weights(

@@ -32,6 +32,7 @@ from .evaluation import (
     lsa_curve,
     model_curve,
     mqar_accuracy,
+    update_cosine_mean,
     update_cosines,
 )
 from .learners import Learner, momentum_gradient_descent, reference_learners, tune_learners
@@ -410,15 +411,28 @@ def _aggregate_alignment(evaluations: Mapping[str, Mapping[int, dict]]) -> dict:
             )
             at_eta["verdict"] = verdict(at_eta, lower_is_better=False)
             arm["momentum_gd_at_eta_minus_gd_cosine"] = at_eta
-        arm["update_cosine"] = {
-            name: mean_interval([runs[s]["update_cosine"][name]["mean"] for s in seeds])
-            for name in first["update_cosine"]
-        }
-        arm["untrained_update_cosine"] = {
-            name: mean_interval([runs[s]["untrained_update_cosine"][name]["mean"] for s in seeds])
-            for name in first["untrained_update_cosine"]
-        }
+        for key in ("update_cosine", "untrained_update_cosine"):
+            arm[key] = {
+                name: mean_interval([update_cosine_mean(name, runs[s][key][name]["per_k"]) for s in seeds])
+                for name in first[key]
+            }
         result[eta] = arm
+    if "0" in evaluations:
+        # Momentum-GD is the better learner whatever the model, so the question is whether the momentum arms' gain
+        # exceeds the eta = 0 models' gain: a difference of differences, paired by seed.
+        def gain(runs, seed):
+            entry = runs[seed]["alignment"]
+            return entry["momentum_gd"]["sensitivity_cosine"] - entry["gd"]["sensitivity_cosine"]
+
+        for eta, runs in evaluations.items():
+            if eta == "0":
+                continue
+            seeds = sorted(set(runs) & set(evaluations["0"]))
+            difference = paired_difference(
+                [gain(runs, s) for s in seeds], [gain(evaluations["0"], s) for s in seeds]
+            )
+            difference["verdict"] = verdict(difference, lower_is_better=False)
+            result[eta]["momentum_gd_gain_vs_eta0"] = difference
     return result
 
 
@@ -509,6 +523,11 @@ def run_regression_lab(args: ICLLabArguments, out: Path) -> dict:
         "learned_eta": _learned_eta_summary(evaluations),
         "alignment_momentum_gd_minus_gd": {
             eta: arm["momentum_gd_minus_gd_cosine"] for eta, arm in aligned.items()
+        },
+        "alignment_momentum_gd_gain_vs_eta0": {
+            eta: arm["momentum_gd_gain_vs_eta0"]
+            for eta, arm in aligned.items()
+            if "momentum_gd_gain_vs_eta0" in arm
         },
     }
     return {

@@ -197,12 +197,17 @@ def _momentum_section(results: Mapping) -> list[str]:
     if aligned:
         lines += ["", "Do momentum models align better with momentum-GD than with plain GD? Paired over seeds: "
                   "model cos(model, momentum-GD) − model cos(model, GD), last layer.", "",
-                  "| arm | difference [95% CI] | verdict | with momentum fixed to the arm's η |", "|---|---|---|---|"]  # fmt: skip
+                  "| arm | difference [95% CI] | verdict | with momentum fixed to the arm's η | difference − "
+                  "η = 0's difference |", "|---|---|---|---|---|"]  # fmt: skip
+        gains = momentum.get("alignment_momentum_gd_gain_vs_eta0", {})
         for eta, difference in aligned.items():
             at_eta = results["alignment"][eta].get("momentum_gd_at_eta_minus_gd_cosine")
+            gain = gains.get(eta)
             lines.append(
                 f"| {_eta_label(eta)} | {_interval(difference, 4)} | {difference['verdict']} | "
                 + (f"{_interval(at_eta, 4)}: {at_eta['verdict']}" if at_eta else "n/a (η = 0)")
+                + " | "
+                + (f"{_interval(gain, 4)}: {gain['verdict']}" if gain else "(reference)")
                 + " |"
             )
     return lines + [""]
