@@ -79,14 +79,9 @@ def build_model(
         pad_token_id=special,
     )
     model = MomentumGPTForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=special,
-        eos_token_id=special,
-        pad_token_id=special,
-        do_sample=True,
-        top_k=50,
-        max_new_tokens=64,
-    )
+    # Token ids only: sampling or length settings here would override what callers (generate's max_length,
+    # lm-evaluation-harness's max_gen_toks) ask for.
+    model.generation_config = GenerationConfig(bos_token_id=special, eos_token_id=special, pad_token_id=special)
     return model
 
 
