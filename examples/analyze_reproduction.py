@@ -35,9 +35,12 @@ def run(argv=None) -> int:
     if args.table:
         from transformers_momentum.analysis import AnalysisResult, render_task_table
 
-        found = {
-            t: AnalysisResult.load(Path(args.out) / t) for t in args.tasks if (Path(args.out) / t).is_dir()
-        }
+        found = {}
+        for task in args.tasks:
+            try:
+                found[task] = AnalysisResult.load(Path(args.out) / task)
+            except (OSError, ValueError) as error:  # missing, or written by an earlier schema
+                print(f"{task}: skipped ({str(error).splitlines()[0]})", file=sys.stderr)
         print(render_task_table(found))
         return 0
     failures = 0

@@ -115,6 +115,7 @@ def render_card(results: Mapping, eta: str, twin: str, name: str, twin_name: str
         )
         usage_input = f"xs, w = torch.randn(1, {config['max_examples'] + 1}, {config['n_dims']}), torch.randn({config['n_dims']})"
         usage_call = "model(xs, xs @ w).predictions  # prediction at every x from the pairs before it"
+    plugin_module = "transformers_momentum" if is_mqar else "transformers_momentum.models.icl_regression"
     momentum_arms = ", ".join(_eta_label(e) for e in config["eta_list"] if e != "0")
     lines = front + [
         f"# {name}",
@@ -147,7 +148,7 @@ def render_card(results: Mapping, eta: str, twin: str, name: str, twin_name: str
         "",
         "```python",
         "import torch",
-        "import transformers_momentum  # noqa: F401  (registers the lab's models with the Auto classes)",
+        f"import {plugin_module}  # noqa: F401  (registers the model with the Auto classes)",
         f"from transformers import {auto_class}",
         "",
         f'model = {auto_class}.from_pretrained("model_cards/{name}")  # or trust_remote_code=True without the plugin',

@@ -436,6 +436,19 @@ def _aggregate_alignment(evaluations: Mapping[str, Mapping[int, dict]]) -> dict:
     return result
 
 
+def _training_time(out: Path) -> dict:
+    """Training seconds summed over every run kept under `out/runs` (all arms, seeds and the LSA rung), as logged
+    by the process that trained each one -- the lab's compute, whatever number of invocations it took."""
+    seconds = [
+        json.loads(p.read_text())["train_seconds"] for p in sorted(out.glob("runs/*/**/train_log.json"))
+    ]
+    return {
+        "runs": len(seconds),
+        "train_seconds_total": sum(seconds),
+        "train_seconds_max": max(seconds, default=0.0),
+    }
+
+
 def _learned_eta_summary(evaluations: Mapping[str, Mapping[int, dict]]) -> dict:
     if LEARNABLE not in evaluations:
         return {}
@@ -608,5 +621,6 @@ def run_icl_lab(args: ICLLabArguments) -> dict:
         },
         **results,
     }
+    results["config"]["training_time"] = _training_time(out)
     write_outputs(results, out)
     return results

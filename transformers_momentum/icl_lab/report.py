@@ -122,12 +122,12 @@ def _ladder_section(control: Mapping) -> list[str]:
         "queries and the change explicit finetuning (FT) of a linear regressor on the same demonstrations induces."
     )
     lines += ["", "| rung | what FT means | preds diff vs GD | model cos vs GD | update cos (FT) | update cos "
-              "(FT on shuffled labels) |", "|---|---|---|---|---|---|"]  # fmt: skip
+              "(FT to convergence: OLS) | update cos (FT on shuffled labels) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     rung_a = control["rungs"]["a_constructed_lsa"]
     lines.append(
         f"| (a) constructed one-step LSA | {rung_a['ft_definition']} | {_fmt(control['preds_diff'])} | "
         f"{_fmt(control['sensitivity_cosine'], 6)} | {_fmt(rung_a['update_cosine']['gd'], 6)} | "
-        f"{_fmt(rung_a['update_cosine']['gd_shuffled_labels'])} |"
+        f"{_fmt(rung_a['update_cosine']['ols'])} | {_fmt(rung_a['update_cosine']['gd_shuffled_labels'])} |"
     )
     rung_b = control["rungs"].get("b_trained_lsa")
     if rung_b:
@@ -136,16 +136,18 @@ def _ladder_section(control: Mapping) -> list[str]:
         lines.append(
             f"| (b) trained 1-layer LSA ({n} seeds, {rung_b['steps']} steps) | {rung_b['ft_definition']} | "
             f"{_interval(align['preds_diff'])} | {_interval(align['sensitivity_cosine'], 4)} | "
-            f"{_interval(rung_b['update_cosine']['gd'])} | {_interval(rung_b['update_cosine']['gd_shuffled_labels'])} |"
+            f"{_interval(rung_b['update_cosine']['gd'])} | {_interval(rung_b['update_cosine']['ols'])} | "
+            f"{_interval(rung_b['update_cosine']['gd_shuffled_labels'])} |"
         )
     rung_c = control["rungs"].get("c_momentum_gpt")
     if rung_c:
-        for eta, cosines in rung_c["update_cosine"].items():
+        for index, (eta, cosines) in enumerate(rung_c["update_cosine"].items()):
             untrained = rung_c["untrained_update_cosine"][eta]["gd"]
+            definition = rung_c["ft_definition"] if index == 0 else "as above"
             lines.append(
-                f"| (c) trained MomentumGPT, {_eta_label(eta)} | {rung_c['ft_definition']} | see alignment | "
+                f"| (c) trained MomentumGPT, {_eta_label(eta)} | {definition} | see alignment | "
                 f"see alignment | {_interval(cosines['gd'])} (untrained model: {_interval(untrained)}) | "
-                f"{_interval(cosines['gd_shuffled_labels'])} |"
+                f"{_interval(cosines['ols'])} | {_interval(cosines['gd_shuffled_labels'])} |"
             )
     if rung_b:
         lines += ["", f"Rung (b) error at N = {control['setting']['n_context']}: trained LSA "
@@ -247,6 +249,13 @@ def render_report(results: Mapping) -> str:
         f"{config['machine_at_end']['cpu_count']} CPUs).",
         "",
     ]
+    timing = config.get("training_time")
+    if timing:
+        lines[-1:-1] = [
+            f"Training time of the {timing['runs']} runs kept under `runs/`, summed as each was logged: "
+            f"{timing['train_seconds_total'] / 60:.1f} min (longest run {timing['train_seconds_max'] / 60:.1f} min; "
+            "wall-clock on a shared machine, so it includes waiting for the CPU).",
+        ]
     if is_mqar:
         lines += ["## MQAR accuracy (error rate = 1 − accuracy, mean ± CI half-width over seeds)", ""]
         lines += _curve_table(results)
