@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-import transformers_momentum  # noqa: F401
+import transformers_momentum
 from transformers_momentum.cli import main
 from transformers_momentum.icl_lab import (
     LinearRegressionTask,
@@ -373,7 +373,7 @@ def test_cli_end_to_end_regression_resumes_and_exports_cards(tmp_path, capsys):
     assert main([*argv, *TINY, "--out", str(out), "--cards-dir", str(cards)]) == 0
     assert model_file.stat().st_mtime_ns == stamp
     folders = sorted(p.name for p in cards.iterdir())
-    assert folders == ["momentum-gpt-icl-regression-eta0", "momentum-gpt-icl-regression-eta0.5"]
+    assert folders == ["icl-regression-eta0", "icl-regression-eta0.5"]
     card = (cards / folders[1] / "README.md").read_text()
     assert "η = 0.5" in card and folders[0] in card
     loaded = AutoModel.from_pretrained(cards / folders[1])
@@ -416,7 +416,7 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, arguments, 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
 
-LAB_CARDS = sorted((Path(__file__).parents[1] / "model_cards").glob("momentum-gpt-*-eta*"))
+LAB_CARDS = sorted((Path(__file__).parents[1] / "model_cards").glob("icl-*-*eta*"))
 
 
 def _card_input(folder: Path) -> tuple[type, dict[str, torch.Tensor]]:
@@ -436,6 +436,11 @@ def _card_input(folder: Path) -> tuple[type, dict[str, torch.Tensor]]:
 @pytest.mark.parametrize("folder", LAB_CARDS, ids=[p.name for p in LAB_CARDS])
 def test_lab_checkpoint_loads_with_the_plugin_and_as_remote_code(folder, tmp_path):
     auto_class, inputs = _card_input(folder)
+    # The code a trust_remote_code user runs is the package's own (refresh: load and save_pretrained the folder).
+    package = Path(transformers_momentum.__file__).parent / "models"
+    for code in folder.glob("*.py"):
+        source = package / ("momentum_gpt" if "momentum_gpt" in code.name else "icl_regression") / code.name
+        assert code.read_text() == source.read_text(), f"{folder.name}/{code.name} is stale"
     model = auto_class.from_pretrained(folder).eval()
     assert type(model).__module__.startswith("transformers_momentum")
     assert "η = " in (folder / "README.md").read_text()

@@ -7,6 +7,8 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..models.icl_regression import MomentumGPTForInContextRegression
+from ..models.momentum_gpt import MomentumGPTForCausalLM
 from .config import LEARNABLE
 from .report import _eta_label, _fmt, _interval, plot_error_curves
 
@@ -41,9 +43,10 @@ def best_momentum_arm(results: Mapping) -> str:
 
 
 def checkpoint_name(task: str, eta: str) -> str:
-    task_part = "icl-regression" if task == "linear-regression" else "mqar"
+    """``icl-<task>-eta<η>``, e.g. ``icl-regression-eta0.25`` or ``icl-mqar-learnable-eta``."""
+    task_part = "regression" if task == "linear-regression" else "mqar"
     arm = "learnable-eta" if eta == LEARNABLE else f"eta{eta}"
-    return f"momentum-gpt-{task_part}-{arm}"
+    return f"icl-{task_part}-{arm}"
 
 
 def _comparison_lines(results: Mapping, eta: str, twin: str) -> list[str]:
@@ -178,7 +181,11 @@ def export_checkpoints(run_out: str | Path, cards_dir: str | Path) -> list[Path]
         target = Path(cards_dir) / names[eta]
         if target.exists():
             shutil.rmtree(target)
-        shutil.copytree(source, target)
+        # Load and save rather than copy, so the folder carries today's modeling code for remote-code users.
+        model_class = (
+            MomentumGPTForCausalLM if config["task"] == "mqar" else MomentumGPTForInContextRegression
+        )
+        model_class.from_pretrained(source).save_pretrained(target)
         for path in target.iterdir():
             path.chmod(0o644)  # safetensors writes 0600; a published folder is world-readable
         (target / "README.md").write_text(render_card(results, eta, twin, names[eta], names[twin], seed))

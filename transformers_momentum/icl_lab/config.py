@@ -69,8 +69,8 @@ class ICLLabArguments:
     )
 
     # Linear regression (Garg et al. 2022 prompt format)
-    n_dims: int = field(default=4, metadata={"help": "Dimension d of the regression inputs."})
-    max_examples: int = field(default=10, metadata={"help": "Most in-context examples k in a prompt."})
+    n_dims: int = field(default=3, metadata={"help": "Dimension d of the regression inputs."})
+    max_examples: int = field(default=8, metadata={"help": "Most in-context examples k in a prompt."})
     noise_std: float = field(default=0.0, metadata={"help": "Label noise standard deviation."})
     x_distribution: str = field(
         default="gaussian", metadata={"help": "gaussian (Garg) or uniform (von Oswald)."}

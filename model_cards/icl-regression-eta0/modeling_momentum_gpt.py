@@ -464,7 +464,9 @@ class MomentumGPTModel(MomentumGPTPreTrainedModel):
         query_length = inputs_embeds.shape[1]
         # (continuous batching passes its own paged cache, which is no `Cache`, along with the position_ids)
         past_seen_tokens = cache.get_seq_length() if isinstance(cache, Cache) else 0
-        padding_mask = attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 else None
+        padding_mask = (
+            attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 else None
+        )
         if position_ids is None:
             if padding_mask is not None:
                 # Left padding: count positions from each row's first real token, as generate() does.
@@ -517,7 +519,11 @@ class MomentumGPTModel(MomentumGPTPreTrainedModel):
         if is_torchdynamo_compiling():
             return
         table = self.config.max_position_embeddings
-        buffer = getattr(cache.layers[0], "max_cache_len", None) if isinstance(cache, Cache) and cache.layers else None
+        buffer = (
+            getattr(cache.layers[0], "max_cache_len", None)
+            if isinstance(cache, Cache) and cache.layers
+            else None
+        )
         if isinstance(buffer, int) and buffer > table:
             raise ValueError(
                 f"This static cache holds {buffer} positions, more than the learned position table "
