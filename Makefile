@@ -40,7 +40,8 @@ $(MIN_VENV)/.installed: pyproject.toml
 	touch $@
 
 test-min: $(MIN_VENV)/.installed
-	$(MIN_VENV)/bin/python -c "import transformers; assert transformers.__version__ == '$(MIN_TRANSFORMERS)', transformers.__version__"
+	$(MIN_VENV)/bin/python -c "import transformers; from packaging.version import Version as V; \
+	    assert V(transformers.__version__) == V('$(MIN_TRANSFORMERS)'), transformers.__version__"
 	$(MIN_VENV)/bin/python -m pytest -q --timeout 900 -m "not slow" tests
 
 lint: $(STAMP)

@@ -24,63 +24,25 @@ CORPUS_VALID_SAMPLE = DATA / "corpus_valid_sample.txt"
 @pytest.fixture(scope="session")
 def tiny_momentum_gpt_config() -> Callable:
     """``factory(**overrides) -> MomentumGPTConfig``: 2 layers of width 32, 4 heads, 128 positions, eta 0.6."""
-    from transformers_momentum import MomentumGPTConfig
+    from factories import momentum_gpt_config
 
-    def factory(**overrides) -> MomentumGPTConfig:
-        fields = dict(
-            vocab_size=97,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=128,
-            momentum_eta=0.6,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
-        )
-        return MomentumGPTConfig(**{**fields, **overrides})
-
-    return factory
+    return momentum_gpt_config
 
 
 @pytest.fixture(scope="session")
-def tiny_momentum_gpt(tiny_momentum_gpt_config) -> Callable:
+def tiny_momentum_gpt() -> Callable:
     """``factory(seed=0, **config_overrides) -> MomentumGPTForCausalLM`` in eval mode, weights fixed by ``seed``."""
-    import torch
+    from factories import momentum_gpt
 
-    from transformers_momentum import MomentumGPTForCausalLM
-
-    def factory(seed: int = 0, **overrides) -> MomentumGPTForCausalLM:
-        torch.manual_seed(seed)
-        return MomentumGPTForCausalLM(tiny_momentum_gpt_config(**overrides)).eval()
-
-    return factory
+    return momentum_gpt
 
 
 @pytest.fixture(scope="session")
 def tiny_llama() -> Callable:
     """``factory(vocab_size=97, seed=0, attn_implementation="sdpa", **overrides)``: a 2-layer GQA (4/2 heads) Llama."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from factories import llama
 
-    def factory(vocab_size: int = 97, seed: int = 0, attn_implementation: str = "sdpa", **overrides):
-        torch.manual_seed(seed)
-        fields = dict(
-            vocab_size=vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
-        )
-        config = LlamaConfig(**{**fields, **overrides})
-        return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation).eval()
-
-    return factory
+    return llama
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from factories import momentum_gpt, momentum_gpt_config
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoConfig,
@@ -30,25 +31,12 @@ ATOL_CACHE = 1e-4
 
 
 def tiny_config(**overrides) -> MomentumGPTConfig:
-    fields = dict(
-        vocab_size=97,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=128,
-        momentum_eta=0.6,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        momentum_chunk_size=8,  # small chunks so that short test sequences cross chunk boundaries
-    )
-    fields.update(overrides)
-    return MomentumGPTConfig(**fields)
+    # small chunks so that short test sequences cross chunk boundaries
+    return momentum_gpt_config(**{"momentum_chunk_size": 8, **overrides})
 
 
 def tiny_model(**overrides) -> MomentumGPTForCausalLM:
-    torch.manual_seed(0)
-    return MomentumGPTForCausalLM(tiny_config(**overrides)).eval()
+    return momentum_gpt(**{"momentum_chunk_size": 8, **overrides})
 
 
 def naive_momentum(

@@ -3,6 +3,7 @@ attention (assisted / prompt-lookup decoding, continuous batching), and clear re
 
 import pytest
 import torch
+from factories import momentum_gpt
 from transformers import DataCollatorWithFlattening, GenerationConfig, StaticCache
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
@@ -20,19 +21,7 @@ MODES = {
 
 
 def tiny_model(**overrides) -> MomentumGPTForCausalLM:
-    fields = dict(
-        vocab_size=97,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=64,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        momentum_chunk_size=8,
-    )
-    torch.manual_seed(0)
-    model = MomentumGPTForCausalLM(MomentumGPTConfig(**{**fields, **overrides})).eval()
+    model = momentum_gpt(**{"max_position_embeddings": 64, "momentum_chunk_size": 8, **overrides})
     if model.config.learnable_eta:
         with torch.no_grad():  # distinct etas per head and layer, as after training
             for layer in model.model.layers:

@@ -196,7 +196,9 @@ def test_end_to_end_run_produces_a_loadable_checkpoint(trained_run):
     assert config["auto_map"]["AutoModelForCausalLM"].startswith("modeling_momentum_gpt")
     # Token ids only: no sampling or length setting that would override what a caller asks generate() for.
     generation = json.loads((out / "generation_config.json").read_text())
-    assert not {"do_sample", "top_k", "top_p", "temperature", "max_new_tokens", "max_length"} & set(generation)
+    assert not {"do_sample", "top_k", "top_p", "temperature", "max_new_tokens", "max_length"} & set(
+        generation
+    )
     tok = AutoTokenizer.from_pretrained(out)
     reference = perplexity_at_lengths(model, token_stream(list(iter_documents([VALID], 600_000)), tok), [32])
     assert reference[32] == pytest.approx(ppl["32"], rel=1e-5)  # the saved weights are the evaluated ones

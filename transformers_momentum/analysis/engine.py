@@ -8,6 +8,7 @@ and loaded back in place, so nothing but the deltas changes between ZSL, ICL and
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +44,10 @@ class Engine:
 
     def __init__(self, model: nn.Module, layout: PromptLayout, config: AnalysisConfig):
         self.layout = layout
-        self.model = get_peft_model(model, KVTuningConfig())
+        with warnings.catch_warnings():
+            # peft reads transformers' deprecated `is_gradient_checkpointing` alias: not the user's to fix.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            self.model = get_peft_model(model, KVTuningConfig())
         self.model.eval()
         self.probe = AttentionProbe(self.model)
         self.moments = KVInputSecondMoment(self.model)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..assets import staging_folder
 from .results import AnalysisResult
 from .statistics import WILSON, Estimate
 
@@ -242,9 +242,7 @@ def write_outputs(
         raise FileExistsError(
             f"{out_dir} exists and is not an empty folder; pass --overwrite or choose another --out."
         )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    staging.chmod(0o755)  # mkdtemp creates 0700; results are for sharing
+    staging = staging_folder(out_dir)
     try:
         (staging / "results.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
         (staging / "report.md").write_text(render_report(result), encoding="utf-8")

@@ -1,5 +1,6 @@
 """Model architectures shipped by the plugin (each registers itself with the Auto classes on import)."""
 
+from . import icl_regression
 from .momentum_gpt import (
     MomentumGPTConfig,
     MomentumGPTForCausalLM,
@@ -9,6 +10,7 @@ from .momentum_gpt import (
 )
 
 __all__ = [
+    "icl_regression",
     "MomentumGPTConfig",
     "MomentumGPTForCausalLM",
     "MomentumGPTForSequenceClassification",

@@ -81,7 +81,9 @@ def build_model(
     model = MomentumGPTForCausalLM(config)
     # Token ids only: sampling or length settings here would override what callers (generate's max_length,
     # lm-evaluation-harness's max_gen_toks) ask for.
-    model.generation_config = GenerationConfig(bos_token_id=special, eos_token_id=special, pad_token_id=special)
+    model.generation_config = GenerationConfig(
+        bos_token_id=special, eos_token_id=special, pad_token_id=special
+    )
     return model
 
 
