@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from fakehub import FakeHub
+from remote_code import HIDE_PLUGIN
 
 from transformers_momentum import MomentumGPTForCausalLM
 from transformers_momentum.cli import main
@@ -321,15 +322,9 @@ _LOAD_THROUGH_HUB = textwrap.dedent(
     """
 )
 
-_LOAD_WITHOUT_PLUGIN = textwrap.dedent(
+_LOAD_WITHOUT_PLUGIN = HIDE_PLUGIN + textwrap.dedent(
     """
     import json, sys
-    class _HidePlugin:  # the plugin is not installed in this process
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "transformers_momentum":
-                raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
-            return None
-    sys.meta_path.insert(0, _HidePlugin())
     import torch
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True)

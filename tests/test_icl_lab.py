@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from remote_code import run_without_plugin
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
@@ -288,14 +286,7 @@ def test_lab_models_load_as_remote_code_without_the_plugin(tmp_path):
             "lsa": lsa(xs, ys).predictions,
         }
     save_file(expected, tmp_path / "expected.safetensors")
-    script = textwrap.dedent(
-        f"""
-        import importlib.abc, sys
-        class HidePlugin(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "transformers_momentum":
-                    raise ModuleNotFoundError("plugin hidden for this test")
-        sys.meta_path.insert(0, HidePlugin())
+    script = f"""
         import torch
         from safetensors.torch import load_file
         from transformers import AutoModel
@@ -307,11 +298,7 @@ def test_lab_models_load_as_remote_code_without_the_plugin(tmp_path):
                 assert torch.equal(model(expected["xs"], expected["ys"]).predictions, expected[name])
             print("REMOTE_OK", type(model).__name__)
         """
-    )
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
-    )
+    result = run_without_plugin(script, tmp_path / "modules")
     assert "REMOTE_OK MomentumGPTForInContextRegression" in result.stdout, result.stderr[-3000:]
     assert "REMOTE_OK LinearSelfAttentionForInContextRegression" in result.stdout, result.stderr[-3000:]
 
@@ -451,14 +438,7 @@ def test_lab_checkpoint_loads_with_the_plugin_and_as_remote_code(folder, tmp_pat
         # The card's example: a trained recall model answers k1 with v1.
         assert expected[0, -1].argmax().item() == inputs["input_ids"][0, 1].item()
     save_file({**inputs, "expected": expected.contiguous()}, tmp_path / "expected.safetensors")
-    script = textwrap.dedent(
-        f"""
-        import importlib.abc, sys
-        class HidePlugin(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "transformers_momentum":
-                    raise ModuleNotFoundError("plugin hidden for this test")
-        sys.meta_path.insert(0, HidePlugin())
+    script = f"""
         import torch, transformers
         from safetensors.torch import load_file
         model = transformers.{auto_class.__name__}.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
@@ -471,9 +451,5 @@ def test_lab_checkpoint_loads_with_the_plugin_and_as_remote_code(folder, tmp_pat
         assert torch.allclose(got, expected, atol=1e-6), (got - expected).abs().max()
         print("REMOTE_OK")
         """
-    )
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
-    )
+    result = run_without_plugin(script, tmp_path / "modules")
     assert "REMOTE_OK" in result.stdout, result.stderr[-3000:]

@@ -1,15 +1,12 @@
 """MomentumGPT: the momentum scan, exactness anchors (GPT-2, eager/sdpa, padding, cache), Auto classes, errors."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 from factories import momentum_gpt, momentum_gpt_config
+from remote_code import run_without_plugin
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoConfig,
@@ -404,14 +401,7 @@ def test_remote_code_load_without_the_plugin(tmp_path):
         "hidden": model.model(ids).last_hidden_state.detach().contiguous(),
     }
     save_file(expected, tmp_path / "expected.safetensors")
-    script = textwrap.dedent(
-        f"""
-        import importlib.abc, sys
-        class HidePlugin(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "transformers_momentum":
-                    raise ModuleNotFoundError("plugin hidden for this test")
-        sys.meta_path.insert(0, HidePlugin())
+    script = f"""
         import torch
         from safetensors.torch import load_file
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -433,16 +423,7 @@ def test_remote_code_load_without_the_plugin(tmp_path):
         assert classifier(expected["ids"]).logits.shape == (2, 3)
         print("REMOTE_OK", type(model).__name__, type(classifier).__name__)
         """
-    )
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        stdin=subprocess.DEVNULL,  # non-interactive: a second trust prompt fails instead of waiting
-    )
+    result = run_without_plugin(script, tmp_path / "modules")  # non-interactive: a second trust prompt fails
     assert "REMOTE_OK MomentumGPTForCausalLM MomentumGPTForSequenceClassification" in result.stdout, (
         result.stderr[-3000:]
     )

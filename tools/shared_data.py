@@ -26,6 +26,10 @@ def _read_tsv(path: Path, header: bool) -> list[list[str]]:
     return rows[1:] if header else rows
 
 
+def _read_jsonl(path: Path) -> Rows:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def load_sst2(root: Path) -> tuple[Rows, Rows]:
     # GLUE SST-2: train + dev of this copy form the HF train split; its test.tsv is the HF validation split.
     folder = root / "sst2" / "forest-snow_alps"
@@ -77,13 +81,9 @@ def load_subj(root: Path) -> tuple[Rows, Rows]:
     folder = root / "subj" / "yaolu_random-prompt"
 
     def read(name: str) -> Rows:
-        rows = [
-            json.loads(line)
-            for line in (folder / name).read_text(encoding="utf-8").splitlines()
-            if line.strip()
-        ]
         return [
-            {"text": _unquote_csv(row["sentence"]).strip(), "label": 1 - int(row["label"])} for row in rows
+            {"text": _unquote_csv(row["sentence"]).strip(), "label": 1 - int(row["label"])}
+            for row in _read_jsonl(folder / name)
         ]
 
     return read("train_full.jsonl"), read("test.jsonl")
@@ -120,14 +120,9 @@ def load_cb(root: Path) -> tuple[Rows, Rows]:
     folder = root / "cb" / "tonyzhaozh_few-shot-learning"
 
     def read(name: str) -> Rows:
-        rows = [
-            json.loads(line)
-            for line in (folder / name).read_text(encoding="utf-8").splitlines()
-            if line.strip()
-        ]
         return [
             {"premise": r["premise"], "hypothesis": r["hypothesis"], "label": _CB_NAMES[r["label"]]}
-            for r in rows
+            for r in _read_jsonl(folder / name)
         ]
 
     return read("train.jsonl"), read("val.jsonl")
