@@ -8,8 +8,13 @@
 3. Memory at T = 2048, each in a fresh subprocess: peak resident memory of a forward that records only the score rows
    vs one that materialises every attention map (eager, ``output_attentions=True``); and of the batched ICL
    evaluation of 8 examples after a ~2048-token context at batch 1 vs batch 8.
+4. Processes: ``transformers-momentum analyze`` end to end in one process (1 and 2 threads) vs two CPU processes of
+   one thread each (``torchrun --standalone --nproc_per_node 2``, each evaluating half of the examples): analysed
+   examples per second of the analysis (``run.wall_seconds`` of results.json: data, FT, evaluation, statistics;
+   not the imports and model loading, which every process repeats) and of the whole command.
 
     python benchmarks/bench_analysis.py [--model smollm2-135m|tiny] [--threads 1] [--batch-sizes 1,2,4,8]
+    python benchmarks/bench_analysis.py --skip throughput,overhead,memory --processes-n-eval 32
 
 ``--model tiny`` uses a random Llama with SmolLM2's shape (width 576, 9/3 heads) and ``--layers`` blocks.
 No GPU benchmark is included here: the machine this was written on has none.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -183,6 +189,43 @@ def bench_memory(model_name: str, layers: int, length: int, modes) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------------------------ processes
+
+
+def bench_processes(model_name: str, n_eval: int, k: int, batch_size: int) -> dict:
+    """The analyze command with 1 process x 1 thread, 1 process x 2 threads and 2 processes x 1 thread."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    setups = {"1 process x 1 thread": ([sys.executable], 1), "1 process x 2 threads": ([sys.executable], 2)}
+    setups["2 processes x 1 thread"] = ([torchrun, "--standalone", "--nproc_per_node", "2"], 1)
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name, (launcher, threads) in setups.items():
+            out = Path(folder) / name.replace(" ", "_")
+            command = [
+                *launcher, "-m", "transformers_momentum", "analyze", "--model", model_name, "--task", "sst2",
+                "--k", str(k), "--n-eval", str(n_eval), "--seeds", "1", "--lr", "1e-3", "--controls", "none",
+                "--batch-size", str(batch_size), "--n-resamples", "200", "--no-plots", "--quiet", "--device", "cpu",
+                "--threads", str(threads), "--out", str(out),
+            ]  # fmt: skip
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+            start = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+            total = time.perf_counter() - start
+            run = json.loads((out / "results.json").read_text())["run"]
+            results[name] = {
+                "analysis_s": run["wall_seconds"],
+                "command_s": total,
+                "examples_per_s": n_eval / run["wall_seconds"],
+                "examples_per_s_command": n_eval / total,
+                "processes": run.get("processes", 1),
+            }
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -194,8 +237,9 @@ def main() -> None:
     parser.add_argument("--overhead-length", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--processes-n-eval", type=int, default=32, help="examples of the processes part")
     parser.add_argument(
-        "--skip", default="", help="comma-separated parts to skip: throughput, overhead, memory"
+        "--skip", default="", help="comma-separated parts to skip: throughput, overhead, memory, processes"
     )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -230,6 +274,15 @@ def main() -> None:
             print(f"ICL evaluation of 8 examples after a {one['T']}-token context: peak-RSS growth batch 1 "
                   f"{one['growth_mb']:.0f} MB, batch 8 {eight['growth_mb']:.0f} MB; peak RSS {one['peak_rss_mb']:.0f} vs "
                   f"{eight['peak_rss_mb']:.0f} MB")  # fmt: skip
+    if "processes" not in skip and tokenizer is not None:
+        runs = bench_processes(args.model, args.processes_n_eval, args.k, 8)
+        base = runs["1 process x 1 thread"]
+        print(f"processes (analyze sst2, k={args.k}, {args.processes_n_eval} examples, 1 seed, lr given, no controls, "
+              f"batch 8; CPU):")  # fmt: skip
+        for name, r in runs.items():
+            print(f"  {name}: {r['examples_per_s']:.2f} examples/s in the analysis ({r['analysis_s']:.1f} s, "
+                  f"{r['examples_per_s'] / base['examples_per_s']:.2f}x), {r['examples_per_s_command']:.2f} end to end "
+                  f"({r['command_s']:.1f} s with imports and model loading)")  # fmt: skip
 
 
 if __name__ == "__main__":

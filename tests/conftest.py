@@ -10,10 +10,15 @@ so the defaults live here once instead of in a copy per test file.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
+
+# transformers >= 5.25 fetches hub kernels in from_pretrained by default; the tests load every model offline and
+# exactly as written (subprocesses that run checkpoints' remote code without the plugin inherit this too).
+os.environ.setdefault("USE_HUB_KERNELS", "0")
 
 DATA = Path(__file__).parent / "data"
 #: ~100 KB of Gutenberg text and a held-out sample from other books (the pretraining tests' corpus).

@@ -55,7 +55,8 @@ def test_cli_end_to_end(tiny_model_dir, tmp_path):
     assert results["models"]["pretrained"]["accuracy_zsl"]["interval"].startswith("Wilson")
     report = (out / "report.md").read_text()
     assert "paper 1.3B / 2.7B" in report and "92.7" in report  # the paper's ICL accuracy beside ours
-    assert "over evaluation examples" in report  # says what the intervals are over
+    assert "over both demonstration seeds and evaluation examples" in report  # what the intervals are over
+    assert "cannot capture demonstration variation" in report  # two seeds
     assert {p.name for p in out.iterdir()} == {
         "results.json", "report.md", "records.npz", "simaou_per_layer.png", "simam_per_layer.png", "kendall_per_layer.png",
     }  # fmt: skip
@@ -98,12 +99,13 @@ def test_cli_on_a_local_xglm_folder(tmp_path):
     XGLMForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     out = tmp_path / "run"
-    assert _run("--model", folder, "--task", "sst2", "--k", 2, "--n-eval", 3, "--lr", 0.05, "--controls", "random_label",
+    assert _run("--model", folder, "--task", "sst2", "--k", 2, "--n-eval", 3, "--lr", 0.05, "--controls", "flipped_label",
                 "--start-token", "<s>", "--newline", "eos", "--out", out) == 0  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     run = results["run"]
     assert run["model_type"] == "xglm" and run["probe_fallback"] and run["exact_scores"]
     assert run["start_token_ids"] == [0] and run["separator_ids"] == [2]  # fairseq's <s> ... </s> layout
+    assert run["seeds_analyzed"] == [1, 2, 3, 4, 5] and "note" not in results["statistics"]  # default seeds
     gd = results["models"]["pretrained"]["comparisons"]["gd"]
     assert gd["kendall"]["mean"] is not None and gd["simam_after"]["mean"] is not None
     assert results["warnings"] == []

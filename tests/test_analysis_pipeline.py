@@ -18,6 +18,7 @@ from transformers_momentum.analysis import (
     TaskData,
     TaskSpec,
     analyze,
+    flipped_label_demos,
     get_task,
     kv_finetune,
     load_task_data,
@@ -26,6 +27,7 @@ from transformers_momentum.analysis import (
     weight_space_cosines,
 )
 from transformers_momentum.analysis.collect import SeedValues, VariantValues
+from transformers_momentum.analysis.report import render_report
 from transformers_momentum.analysis.summarize import warnings_for
 from transformers_momentum.analysis.variants import aligned_tokens
 from transformers_momentum.kv_tuning import KVTuningConfig, kv_deltas
@@ -60,18 +62,36 @@ def test_analyze_end_to_end_api(tokenizer, tiny_llama):
     result = analyze(
         model,
         tokenizer,
-        _config(seeds=[1, 2], controls=["untrained", "lcgd", "random_label", "other_task", "order"]),
+        _config(
+            seeds=[1, 2],
+            controls=["untrained", "lcgd", "random_label", "flipped_label", "other_task", "order"],
+        ),
     )
     pretrained = result.models["pretrained"]
-    assert set(pretrained.comparisons) == {"gd", "lcgd", "random_label", "other_task"}
+    assert set(pretrained.comparisons) == {"gd", "lcgd", "random_label", "flipped_label", "other_task"}
     assert set(result.models["untrained"].comparisons) == {"gd"}
     gd = pretrained.comparisons["gd"]
     assert len(gd.simaou.per_layer) == 2 and -1 <= gd.simaou.mean <= 1 and len(gd.simaou.per_seed) == 2
     assert gd.simaou.n == 4 and gd.simaou.ci95[0] <= gd.simaou.mean <= gd.simaou.ci95[1]
+    assert gd.simaou.n_seeds == 2 and gd.simaou.ci95_examples_only is not None
     assert (
         pretrained.comparisons["other_task"].kendall.mean is None
     )  # its tokens do not line up with the demos
-    assert [i["labels_kept"] for i in pretrained.comparisons["random_label"].info] == [0, 0]  # a derangement
+    # Random labels are drawn uniformly (the count kept is reported); flipped labels are SST-2's other class.
+    pool = load_task_data("sst2").train
+    for seed, random, flipped in zip(
+        result.seeds,
+        pretrained.comparisons["random_label"].info,
+        pretrained.comparisons["flipped_label"].info,
+        strict=True,
+    ):
+        gold = [pool[i]["label"] for i in seed.demo_indices]
+        assert random["labels_kept"] == sum(a == b for a, b in zip(gold, random["labels"], strict=True))
+        assert flipped["labels"] == [1 - g for g in gold] and flipped["labels_kept"] == 0
+    report = render_report(result)
+    assert "flipped-label FT" in report and "random-label FT" in report
+    assert "cannot capture demonstration variation" in report  # two seeds
+    assert result.statistics["n_seeds"] == 2 and "note" in result.statistics
     assert gd.output_kl.mean >= 0 and 0 <= gd.output_topk.mean <= 1
     assert pretrained.order.orders == 3 and 0 <= pretrained.order.icl_flip_rate.mean <= 100
     assert [s.k_effective for s in result.seeds] == [2, 2] and result.run["seeds_analyzed"] == [1, 2]
@@ -166,19 +186,24 @@ def test_records_recompute_the_headline_metrics_with_independent_numpy(tokenizer
     assert loaded.to_dict() == result.to_dict()
 
 
-def test_random_labels_with_label_words_of_different_token_lengths(tokenizer, tiny_llama):
+def test_label_controls_with_label_words_of_different_token_lengths(tokenizer, tiny_llama):
     # Every flipped label changes the demo's token count; Kendall compares the tokens that still line up.
-    config = _config(k=4, n_eval=3, controls=["random_label"], save_records=True)
+    config = _config(k=4, n_eval=3, controls=["random_label", "flipped_label"], save_records=True)
     result = analyze(tiny_llama(len(tokenizer)), tokenizer, config, task=TWO_WORD, data=_two_word_data())
-    control = result.models["pretrained"].comparisons["random_label"]
+    control = result.models["pretrained"].comparisons["flipped_label"]
     assert control.info[0]["labels_kept"] == 0 and control.kendall.mean is not None
     records = result.records.to_arrays()
     layout = PromptLayout(tokenizer, TWO_WORD)
+    demos = [_two_word_data().train[i] for i in result.seeds[0].demo_indices]
     demo_tokens = records["pretrained/seed1/kendall_icl/gd"].shape[-1]
-    inputs_only = sum(
-        len(layout.input_ids(d)) for d in [_two_word_data().train[i] for i in result.seeds[0].demo_indices]
-    )
-    assert records["pretrained/seed1/kendall_icl/random_label"].shape[-1] == inputs_only < demo_tokens
+    inputs_only = sum(len(layout.input_ids(d)) for d in demos)
+    assert records["pretrained/seed1/kendall_icl/flipped_label"].shape[-1] == inputs_only < demo_tokens
+    # Random labels: the demos that kept their gold label keep their label tokens in the Kendall alignment.
+    random = result.models["pretrained"].comparisons["random_label"].info[0]
+    kept = [d for d, label in zip(demos, random["labels"], strict=True) if d["label"] == label]
+    assert random["labels_kept"] == len(kept)
+    expected = inputs_only + sum(len(layout.label_ids[d["label"]]) for d in kept)
+    assert records["pretrained/seed1/kendall_icl/random_label"].shape[-1] == expected
 
 
 def test_aligned_tokens_pair_the_same_place_in_the_same_demo(tokenizer):
@@ -276,7 +301,7 @@ def test_prompt_analysis_position_and_the_paper_protocol(tokenizer, tiny_llama):
     np.testing.assert_allclose(recorded, seen["out"][-2].numpy(), atol=1e-5)  # -1 is the label token
 
 
-def test_warnings_for_collapsed_ft_and_a_random_label_control_equal_to_the_main_run():
+def test_warnings_for_collapsed_ft_and_a_label_control_equal_to_the_main_run():
     def variant(predicted, simaou):
         v = VariantValues(predicted=predicted)
         v.per_layer["simaou"] = [np.array([s]) for s in simaou]
@@ -286,14 +311,17 @@ def test_warnings_for_collapsed_ft_and_a_random_label_control_equal_to_the_main_
     values.variants = {
         "gd": variant([1, 1, 1, 1], [0.1, 0.2, 0.3, 0.4]),
         "random_label": variant([1, 1, 1, 1], [0.1, 0.2, 0.3, 0.4]),
+        "flipped_label": variant([1, 1, 1, 1], [0.1, 0.2, 0.3, 0.4]),
     }
     messages = warnings_for("pretrained", [3], [values], get_task("sst2"))
-    assert len(messages) == 3
+    assert len(messages) == 5
     assert "FT (gd) predicts 'Positive' for every evaluation example" in messages[0]
-    assert "random-label control equals the main run" in messages[2]
+    assert "random-label control equals the main run" in messages[3]
+    assert "flipped-label control equals the main run" in messages[4]
     values.variants = {
         "gd": variant([0, 1, 1, 1], [0.1, 0.2, 0.3, 0.4]),
         "random_label": variant([0, 1, 1, 0], [0.1] * 4),
+        "flipped_label": variant([1, 0, 0, 1], [-0.1] * 4),
     }
     assert warnings_for("pretrained", [3], [values], get_task("sst2")) == []
 
@@ -372,14 +400,29 @@ def test_untrained_copy_keeps_embeddings_norms_and_unembedding(tiny_llama):
     assert model.model.layers[0].self_attn.q_proj.weight is not clone.model.layers[0].self_attn.q_proj.weight
 
 
-def test_random_label_demos_derange_by_default_and_report_what_uniform_kept():
-    demos = [{"text": str(i), "label": i % 3} for i in range(30)]
-    deranged, kept = random_label_demos(demos, 3, seed=5)
-    assert kept == 0 and all(d["label"] != s["label"] for d, s in zip(demos, deranged, strict=True))
-    assert {d["label"] for d in deranged} == {0, 1, 2} and random_label_demos(demos, 3, seed=5)[0] == deranged
-    uniform, kept = random_label_demos(demos, 3, seed=5, derangement=False)
-    assert kept == sum(d["label"] == s["label"] for d, s in zip(demos, uniform, strict=True)) > 0
-    assert [d["label"] for d in demos] == [i % 3 for i in range(30)]  # inputs untouched
+def test_random_labels_are_uniform_and_flipped_labels_a_consistent_derangement():
+    demos = [{"text": str(i), "label": i % 3} for i in range(300)]
+    # Random labels (Min et al.): uniform over the label set, so the gold label is kept at chance (1/3 here).
+    uniform, kept = random_label_demos(demos, 3, seed=5)
+    assert kept == sum(d["label"] == s["label"] for d, s in zip(demos, uniform, strict=True))
+    assert 70 <= kept <= 130  # Binomial(300, 1/3): mean 100, sd 8.2
+    counts = np.bincount([s["label"] for s in uniform], minlength=3)
+    assert counts.min() >= 70  # every class drawn, none favoured
+    assert random_label_demos(demos, 3, seed=5)[0] == uniform  # seeded
+    assert random_label_demos(demos, 3, seed=6)[0] != uniform
+    binary = [{"text": str(i), "label": i % 2} for i in range(400)]
+    kept_binary = random_label_demos(binary, 2, seed=1)[1]
+    assert 160 <= kept_binary <= 240  # half the time on a binary task, not never
+    # Flipped labels (Wei et al.): the binary inverse; for k classes one fixed permutation without a fixed point.
+    flipped, mapping = flipped_label_demos(binary, 2)
+    assert mapping == [1, 0] and [s["label"] for s in flipped] == [1 - d["label"] for d in binary]
+    flipped, mapping = flipped_label_demos(demos, 3)
+    assert sorted(mapping) == [0, 1, 2] and all(mapping[c] != c for c in range(3))
+    assert all(s["label"] == mapping[d["label"]] for d, s in zip(demos, flipped, strict=True))
+    assert flipped_label_demos(demos[:7], 3)[1] == mapping  # the same mapping whatever the demonstrations
+    assert [d["label"] for d in demos] == [i % 3 for i in range(300)]  # inputs untouched
+    with pytest.raises(ValueError):
+        flipped_label_demos(demos[:1], 1)
 
 
 def test_momentum_gpt_context_cache_is_reused_unchanged(tokenizer, tiny_momentum_gpt):
@@ -416,8 +459,8 @@ def test_smollm2_end_to_end():
     torch.set_num_threads(1)  # two threads oversubscribe a shared 2-core machine
     model, tokenizer = load_model("smollm2-135m", device="cpu")
     config = AnalysisConfig(
-        task="sst2", k=4, n_eval=12, lr=1e-3, controls=["other_task", "order"], order_permutations=1, kendall_n=12,
-        progress=False, batch_size=4,
+        task="sst2", k=4, n_eval=12, lr=1e-3, seeds=[1], controls=["other_task", "order"], order_permutations=1,
+        kendall_n=12, progress=False, batch_size=4,
     )  # fmt: skip
     result = analyze(model, tokenizer, config)
     pretrained = result.models["pretrained"]

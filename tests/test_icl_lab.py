@@ -19,21 +19,33 @@ from transformers_momentum.cli import main
 from transformers_momentum.icl_lab import (
     LinearRegressionTask,
     MQARTask,
+    aggregate,
+    control,
     gradient_descent,
+    kalman_filter,
     learner_weights,
     mean_interval,
     momentum_gradient_descent,
     newton_iterations,
     ols,
+    online_momentum_sgd,
+    online_sgd,
     paired_difference,
-    positive_control,
     reference_learners,
     regression_stream,
     ridge,
+    statistics,
     tune_learners,
 )
 from transformers_momentum.icl_lab.config import ICLLabArguments
-from transformers_momentum.icl_lab.tasks import IGNORE_INDEX, seed_generator
+from transformers_momentum.icl_lab.results import LabResults, RunRecord
+from transformers_momentum.icl_lab.tasks import (
+    IGNORE_INDEX,
+    Curriculum,
+    StepCounter,
+    seed_generator,
+    skewed_scales,
+)
 from transformers_momentum.models.icl_regression import (
     LinearSelfAttentionConfig,
     LinearSelfAttentionForInContextRegression,
@@ -178,10 +190,13 @@ def test_newton_iterations_match_eigen_closed_form_and_converge_to_ols():
     values, vectors = torch.linalg.eigh(gram)
     scale = 1.0 / values.max(-1).values ** 2  # 1 / ||S S^T||_2 for symmetric S
     steps = 3
-    # M_0 = a S gives M_j S = I - (I - a S^2)^(2^j): on eigenvalue s, (1 - (1 - a s^2)^(2^j)) / s.
-    factor = (1 - (1 - scale[:, None] * values**2) ** (2**steps)) / values
-    closed = vectors @ torch.diag_embed(factor) @ vectors.transpose(1, 2) @ xs.transpose(1, 2) @ ys[..., None]
-    assert torch.allclose(newton_iterations(xs, ys, steps), closed[..., 0], atol=1e-10)
+    for c in (1.0, 1.6):  # the step scale is tuned like the other learners' steps: a = c / ||S S^T||_2
+        # M_0 = a S gives M_j S = I - (I - a S^2)^(2^j): on eigenvalue s, (1 - (1 - a s^2)^(2^j)) / s.
+        factor = (1 - (1 - c * scale[:, None] * values**2) ** (2**steps)) / values
+        closed = (
+            vectors @ torch.diag_embed(factor) @ vectors.transpose(1, 2) @ xs.transpose(1, 2) @ ys[..., None]
+        )
+        assert torch.allclose(newton_iterations(xs, ys, steps, c), closed[..., 0], atol=1e-10)
     assert torch.allclose(newton_iterations(xs, ys, 40), ols(xs, ys), atol=1e-8)
 
 
@@ -191,6 +206,9 @@ def test_tuning_uses_held_out_prompts_and_beats_untuned_steps():
     tuned = tune_learners(task, learners, n_prompts=300, seed=11)
     assert set(tuned) == set(learners) and set(tuned["gd"]) == set(range(1, 6))
     assert set(tuned["momentum_gd"][4]) == {"lr", "momentum"} and tuned["ols"][4] == {}
+    assert set(tuned["newton"][4]) == {"scale"} and set(tuned["online_momentum_sgd"][4]) == {"lr", "momentum"}
+    assert 0.0 in learners["ridge"].grid["lam"]  # lambda = 0 (least squares) is a candidate
+    assert torch.equal(ridge(*well_posed_prompts(k=2), 0.0), ols(*well_posed_prompts(k=2)))  # k < d: min norm
     evaluation = task.sample(400, seed_generator(12))
     weights = learner_weights(learners["gd"], evaluation, tuned["gd"])
     assert torch.equal(weights[:, 0], torch.zeros_like(weights[:, 0]))  # no examples: w = 0
@@ -201,6 +219,224 @@ def test_tuning_uses_held_out_prompts_and_beats_untuned_steps():
         for lr in (0.01, 3.0)
     )  # fmt: skip
     assert error < worst
+
+
+def test_online_momentum_sgd_matches_its_unrolled_recursion():
+    xs, ys = well_posed_prompts(k=7)
+    lr, beta = 0.07, 0.6
+    # Dai et al.'s momentum over token positions, literally: w_i = w_(i-1) - lr sum_(j<=i) beta^(i-j) g_j, with
+    # g_j = (w_(j-1).x_j - y_j) x_j the gradient of example j at the weights before it (one pass, prompt order).
+    w, gradients = torch.zeros(xs.shape[0], xs.shape[-1], dtype=xs.dtype), []
+    for i in range(xs.shape[1]):
+        gradients.append(((w * xs[:, i]).sum(-1) - ys[:, i])[:, None] * xs[:, i])
+        w = w - lr * sum(beta ** (i - j) * gradients[j] for j in range(i + 1))
+    assert torch.allclose(online_momentum_sgd(xs, ys, lr, beta), w, atol=1e-12)
+    # The same as a product of per-position companion matrices acting on (w, v), from (0, 0):
+    #   v_i = beta v_(i-1) + x_i x_i^T w_(i-1) - y_i x_i,   w_i = w_(i-1) - lr v_i.
+    n, k, d = xs.shape
+    eye = torch.eye(d, dtype=xs.dtype).expand(n, d, d)
+    state = torch.zeros(n, 2 * d, 1, dtype=xs.dtype)
+    for i in range(k):
+        outer = xs[:, i, :, None] * xs[:, i, None, :]
+        top = torch.cat([eye - lr * outer, -lr * beta * eye], dim=2)
+        bottom = torch.cat([outer, beta * eye], dim=2)
+        drive = torch.cat([lr * ys[:, i, None] * xs[:, i], -ys[:, i, None] * xs[:, i]], dim=1)[..., None]
+        state = torch.cat([top, bottom], dim=1) @ state + drive
+    assert torch.allclose(online_momentum_sgd(xs, ys, lr, beta), state[:, :d, 0], atol=1e-12)
+    # beta = 0 is online SGD; one example is one SGD step from 0: w = lr y_1 x_1.
+    assert torch.equal(online_momentum_sgd(xs, ys, lr, 0.0), online_sgd(xs, ys, lr))
+    assert torch.allclose(online_sgd(xs[:, :1], ys[:, :1], lr), lr * ys[:, :1] * xs[:, 0], atol=1e-15)
+
+
+def test_kalman_filter_is_the_gaussian_posterior_mean():
+    xs, ys = well_posed_prompts(n=6, k=6, d=3, seed=4)
+    sigma = 0.3
+    # No drift: the posterior mean under w ~ N(0, I) is ridge with lambda = sigma^2.
+    assert torch.allclose(kalman_filter(xs, ys, 0.0, sigma), ridge(xs, ys, sigma**2), atol=1e-10)
+    # With drift: E[w_k | y] from the joint Gaussian, Cov(w_i, w_j) = (1 + delta^2 (min(i, j) - 1)) I (1-based).
+    delta = 0.4
+    k = xs.shape[1]
+    index = torch.arange(1, k + 1, dtype=xs.dtype)
+    scale = 1 + delta**2 * (torch.minimum(index[:, None], index[None, :]) - 1)
+    cov_y = scale * (xs @ xs.transpose(1, 2)) + sigma**2 * torch.eye(k, dtype=xs.dtype)
+    cov_wy = xs.transpose(1, 2) * (1 + delta**2 * (index - 1))  # Cov(w_k, y_j) = (1 + delta^2 (j - 1)) x_j
+    expected = (cov_wy @ torch.linalg.solve(cov_y, ys[..., None]))[..., 0]
+    assert torch.allclose(kalman_filter(xs, ys, delta, sigma), expected, atol=1e-10)
+
+
+def test_drifting_regression_task_draws_a_random_walk():
+    task = LinearRegressionTask(n_dims=3, n_points=40, drift_std=0.2)
+    prompts = task.sample(500, seed_generator(0))
+    assert prompts.ws.shape == (500, 40, 3)
+    assert torch.allclose(prompts.ys, (prompts.xs * prompts.ws).sum(-1))
+    steps = prompts.ws[:, 1:] - prompts.ws[:, :-1]
+    assert abs(steps.std().item() - 0.2) < 0.01 and abs(prompts.ws[:, 0].std().item() - 1) < 0.05
+    # Recency matters: the Kalman filter (which discounts old examples) beats least squares on late queries.
+    k = 30
+    xs, ys = prompts.xs[:, :k], prompts.ys[:, :k]
+    query = prompts.xs[:, k]
+    kalman_error = ((kalman_filter(xs, ys, 0.2, 0.0) * query).sum(-1) - prompts.ys[:, k]).pow(2).mean()
+    ols_error = ((ols(xs, ys) * query).sum(-1) - prompts.ys[:, k]).pow(2).mean()
+    assert kalman_error < 0.5 * ols_error
+
+
+def test_label_noise_separates_ols_ridge_and_gd():
+    """With noisy labels, tuned ridge beats OLS near k = d (where OLS's variance peaks), as in Akyürek et al."""
+    task = LinearRegressionTask(n_dims=4, n_points=9, noise_std=0.5)
+    learners = {
+        name: learner for name, learner in reference_learners(2).items() if name in ("ols", "ridge", "gd")
+    }
+    tuned = tune_learners(task, learners, n_prompts=500, seed=1)
+    prompts = task.sample(2000, seed_generator(2))
+    errors = {
+        name: (
+            (learner_weights(learner, prompts, tuned[name])[:, 4] * prompts.xs[:, 4]).sum(-1)
+            - prompts.ys[:, 4]
+        )
+        .pow(2)
+        .mean()
+        .item()
+        for name, learner in learners.items()
+    }
+    assert tuned["ridge"][4]["lam"] > 0
+    assert errors["ridge"] < 0.7 * errors["ols"] and errors["ridge"] < errors["gd"]
+
+
+def test_out_of_distribution_inputs():
+    base = LinearRegressionTask(n_dims=4, n_points=5)
+    twice = base.replace(input_scale=2.0).sample(10, seed_generator(3))
+    assert torch.allclose(twice.xs, 2 * base.sample(10, seed_generator(3)).xs)
+    skewed = base.replace(covariance="skewed").sample(20000, seed_generator(3))
+    variances = skewed.xs.reshape(-1, 4).var(0)
+    expected = 1 / torch.arange(1, 5, dtype=torch.float64) ** 2
+    expected = expected * 4 / expected.sum()
+    assert torch.allclose(variances, expected, rtol=0.05) and torch.allclose(skewed_scales(4) ** 2, expected)
+    with pytest.raises(ValueError, match="skewed"):
+        LinearRegressionTask(x_distribution="uniform", covariance="skewed")
+
+
+def test_mqar_reassignment_makes_the_latest_value_the_answer():
+    task = MQARTask(vocab_size=33, max_kv_pairs=5, reassign=True)
+    input_ids, labels = task.sample(50, seed_generator(5))
+    assert input_ids.shape == (50, task.sequence_length) == (50, 22)
+    late = task.reassigned_positions(input_ids)
+    for row, (ids, target) in enumerate(zip(input_ids.tolist(), labels.tolist())):
+        n = (sum(1 for token in ids if token) - 2) // 4
+        keys, values = ids[0 : 2 * n : 2], ids[1 : 2 * n : 2]
+        key, new_value = ids[2 * n], ids[2 * n + 1]
+        old_value = values[keys.index(key)]
+        assert key in keys and new_value != old_value and new_value > task.n_keys
+        memory = {**dict(zip(keys, values)), key: new_value}
+        answered = [(ids[t - 1], target[t]) for t in range(len(ids)) if target[t] != IGNORE_INDEX]
+        assert [q for q, _ in answered] == ids[2 * n + 2 : 4 * n + 2 : 2] and sorted(
+            q for q, _ in answered
+        ) == sorted(keys)
+        assert all(answer == memory[query] for query, answer in answered)
+        marked = [t for t in range(len(ids)) if late[row, t]]
+        assert len(marked) == 1 and ids[marked[0] - 1] == key and target[marked[0]] == new_value
+
+
+def test_curriculum_grows_dimensions_and_points():
+    curriculum = Curriculum(start_dims=1, start_points=3, interval=10, dims_increment=1, points_increment=2)
+    assert curriculum.stage(0, 4, 9) == (1, 3) and curriculum.stage(25, 4, 9) == (3, 7)
+    assert curriculum.stage(1000, 4, 9) == (4, 9)
+    counter = StepCounter()
+    stream = iter(regression_stream(LinearRegressionTask(n_dims=4, n_points=9), 0, curriculum=curriculum,
+                                    counter=counter, block=4))  # fmt: skip
+    first = [next(stream) for _ in range(4)]
+    assert first[0]["xs"].shape == (3, 4) and (first[0]["xs"][:, 1:] == 0).all()
+    counter.step = 25
+    later = [next(stream) for _ in range(4)]
+    assert (
+        later[0]["xs"].shape == (7, 4)
+        and (later[0]["xs"][:, 3:] == 0).all()
+        and (later[0]["xs"][:, :3] != 0).all()
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- statistics
+
+
+def test_tost_p_values_by_hand():
+    # d = [1, 2, 3]: mean 2, sd 1, se = 1/sqrt(3), 2 degrees of freedom, whose t CDF is 1/2 + t / (2 sqrt(2 + t^2)).
+    def cdf(t):
+        return 0.5 + t / (2 * math.sqrt(2 + t * t))
+
+    se = 1 / math.sqrt(3)
+    result = statistics.tost([1.0, 2.0, 3.0], margin=4.0)
+    assert result.p_lower == pytest.approx(1 - cdf((2 + 4) / se), abs=1e-12)  # 0.004566
+    assert result.p_upper == pytest.approx(cdf((2 - 4) / se), abs=1e-12)  # 0.037090
+    assert result.p_value == pytest.approx(0.037090, abs=1e-6)
+    # p_TOST < 0.05 exactly when the 90% interval lies inside the margin: 2 +- 2.919986 / sqrt(3).
+    assert result.low == pytest.approx(2 - 2.919986 / math.sqrt(3), abs=1e-5) and result.high < 4
+    assert statistics.tost([1.0, 2.0, 3.0], margin=3.0).p_value > 0.05  # the interval reaches past +3
+
+
+def test_holm_on_a_known_vector():
+    # Sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 -> max(0.06, 0.04) = 0.06.
+    assert statistics.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert statistics.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_bootstrap_median_and_divergence_rule():
+    median, low, high = statistics.bootstrap_median([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert median == 3.0 and 1.0 <= low <= 3.0 <= high <= 100.0
+    assert statistics.bootstrap_median([1.0, 2.0, 3.0, 4.0, 100.0]) == (
+        median,
+        low,
+        high,
+    )  # fixed random state
+    divergence = statistics.diverged_seeds({1: 0.10, 2: 0.12, 3: 0.11, 4: 0.50, 5: 0.10, 6: None})
+    assert divergence.median == pytest.approx(0.11) and set(divergence.seeds) == {4, 6}
+
+
+def test_verdicts_better_worse_equivalent_inconclusive_with_holm():
+    baseline = {seed: 1.0 + 0.01 * seed for seed in range(1, 7)}
+    arms = {
+        "same": {s: v + 0.001 * (-1) ** s for s, v in baseline.items()},
+        "worse": {s: v + 0.3 + 0.01 * (-1) ** s for s, v in baseline.items()},
+        "better": {s: v - 0.3 + 0.01 * (-1) ** s for s, v in baseline.items()},
+        "noisy": {s: v + 0.4 * (-1) ** s + 0.1 for s, v in baseline.items()},
+    }
+    comparisons = statistics.compare_arms(baseline, arms, margin=0.05)
+    assert {name: c.verdict for name, c in comparisons.items()} == {
+        "same": "equivalent", "worse": "worse", "better": "better", "noisy": "inconclusive",
+    }  # fmt: skip
+    assert all(c.p_holm >= c.p_value for c in comparisons.values())
+    assert comparisons["noisy"].seeds_for_equivalence is None  # its mean is outside the margin
+    # A diverged baseline seed is left out of every pair.
+    excluded = statistics.compare_arms(baseline, arms, margin=0.05, exclude_seeds=[3])
+    assert excluded["worse"].seeds == [1, 2, 4, 5, 6]
+
+
+def _record(eta, seed, headline, gap, loss=0.1):
+    return RunRecord(eta=eta, seed=seed, learning_rate=1e-3, steps=10, headline=headline, anchor_gap=gap,
+                     curve=[1.0, headline, gap], final_loss=loss)  # fmt: skip
+
+
+def test_a_baseline_below_the_anchor_gets_no_verdict():
+    def gap(curve):
+        return curve[-1], f"error {curve[-1]:.3f}"
+
+    def lab(baseline_gap):
+        records = {
+            "0": {s: _record("0", s, 0.2 + 0.001 * s, baseline_gap) for s in range(1, 6)},
+            "0.5": {s: _record("0.5", s, 0.5 + 0.001 * s, baseline_gap) for s in range(1, 6)},
+        }
+        gate = aggregate.gate("linear-regression", records["0"], [], gap, True, "criterion")
+        return gate, aggregate.momentum(records, gate, "mean error", 0.05, None, 2.0)
+
+    gate, momentum = lab(0.05)
+    assert not gate.reached and gate.message.startswith("baseline below anchor")
+    assert "error 0.050" in gate.message and "Garg" in gate.message
+    assert not momentum.verdicts_given and momentum.comparisons["0.5"].verdict == "no verdict"
+    gate, momentum = lab(0.005)  # the same arms, the baseline at the anchor: now a verdict
+    assert gate.reached and momentum.verdicts_given and momentum.comparisons["0.5"].verdict == "worse"
+    # MQAR: the gate asks 0.99 accuracy with the most pairs.
+    mqar_gate = aggregate.gate(
+        "mqar", {1: _record("0", 1, 0.3, 0.4)}, [], lambda c: (0.4, "0.6000 accuracy"), True, "c"
+    )
+    assert not mqar_gate.reached and "0.6000 accuracy" in mqar_gate.message and "Zoology" in mqar_gate.message
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -217,13 +453,13 @@ def test_constructed_lsa_layers_are_gd_steps():
 
 
 def test_positive_control_rung_a_constructed_gd_layer():
-    args = ICLLabArguments(n_tune=400, n_align=128, n_probe=8, lsa_n_dims=10, lsa_context=10)
-    control = positive_control(args, out=None, train_lsa=False)
-    assert control["preds_diff"] <= 1e-5
-    assert control["sensitivity_cosine"] >= 0.9999
-    assert control["update_cosine"] >= 0.9999
+    args = ICLLabArguments(n_tune=400, n_align=128, n_probe=8, lsa_n_dims=10, lsa_context=10, n_eval=200)
+    rung = control.constructed_rung(control.prepare(args))
+    assert rung.preds_diff.mean <= 1e-5
+    assert rung.sensitivity_cosine.mean >= 0.9999
+    assert rung.update_cosine["gd"].mean >= 0.9999
     # The null: FT on shuffled labels is far from the constructed layer's update.
-    assert control["rungs"]["a_constructed_lsa"]["update_cosine"]["gd_shuffled_labels"] < 0.5
+    assert rung.update_cosine["gd_shuffled_labels"].mean < 0.5
 
 
 def test_regression_model_is_causal_and_reads_out_every_layer():
@@ -320,41 +556,54 @@ def test_intervals_match_hand_computed_t_intervals():
 
 
 TINY = [
-    "--seeds", "1,2", "--steps", "4", "--num-layers", "2", "--hidden-size", "16", "--num-heads", "2",
-    "--batch-size", "8", "--n-eval", "48", "--n-tune", "120", "--n-align", "16", "--n-probe", "4",
-    "--lsa-steps", "4", "--no-progress",
+    "--seeds", "1", "2", "--steps", "4", "--num-layers", "2", "--hidden-size", "16", "--num-heads", "2",
+    "--batch-size", "8", "--n-eval", "48", "--n-tune", "120", "--n-align", "16", "--n-probe", "4", "--n-gate", "16",
+    "--n-ood", "16", "--lsa-steps", "4", "--no-progress",
 ]  # fmt: skip
 
 
-def test_cli_end_to_end_regression_resumes_and_exports_cards(tmp_path, capsys):
+def test_cli_end_to_end_regression_gates_resumes_and_exports_cards(tmp_path, capsys):
     out = tmp_path / "lab"
-    argv = [
-        "icl-lab",
-        "--task",
-        "linear-regression",
-        "--etas",
-        "0,0.5",
-        "--n-dims",
-        "3",
-        "--max-examples",
-        "5",
-    ]
+    argv = ["icl-lab", "--task", "linear-regression", "--etas", "0,0.5", "--n-dims", "2", "--max-examples", "5",
+            "--noise-std", "0.1", "--learning-rates", "1e-3", "3e-3"]  # fmt: skip
     assert main([*argv, *TINY, "--out", str(out)]) == 0
-    results = json.loads((out / "results.json").read_text())
-    assert {"config", "curves", "baselines", "alignment", "positive_control"} <= set(results)
-    assert set(results["curves"]) == {"0", "0.5"} and len(results["curves"]["0.5"]["mean"]) == 6
-    assert {"ols", "ridge", "gd", "momentum_gd", "newton", "gd_1step"} <= set(results["baselines"])
-    assert results["baselines"]["ols"]["error"][5] < 1e-12  # noiseless, k = 5 > d = 3
-    assert {"preds_diff", "sensitivity_cosine"} <= set(results["alignment"]["0.5"]["gd"])
-    assert results["positive_control"]["preds_diff"] <= 1e-5
-    assert results["positive_control"]["sensitivity_cosine"] >= 0.9999
-    assert "0.5" in results["momentum"]["paired_vs_eta0"]
-    for name in ("report.md", "error_vs_k.png", "alignment_per_layer.png"):
+    results = LabResults.load(out / "results.json")  # the one schema: typed all the way down
+    assert results.task == "linear-regression" and set(results.arms) == {"0", "0.5"}
+    assert len(results.arms["0.5"].curve.mean) == 6 and set(results.runs["0"]) == {"1", "2"}
+    learners = {
+        "ols",
+        "ridge",
+        "gd",
+        "momentum_gd",
+        "newton",
+        "gd_1step",
+        "online_sgd",
+        "online_momentum_sgd",
+    }
+    assert learners <= set(results.learners) and results.learners["ols"].curve.n == 48
+    assert {"scale"} == set(results.learners["newton"].hyperparameters["3"])
+    assert set(results.sweeps) == {"0", "0.5"} and set(results.sweeps["0"].held_out) == {"0.001", "0.003"}
+    assert results.arms["0"].learning_rate == results.sweeps["0"].chosen
+    # Four steps of training are far below the anchor: no verdict, and the report says why.
+    assert not results.gate.reached and results.gate.message.startswith("baseline below anchor")
+    assert not results.momentum.verdicts_given
+    assert all(c.verdict == "no verdict" for c in results.momentum.comparisons.values())
+    report = (out / "report.md").read_text()
+    assert "**Baseline below anchor**" in report and "No verdict: baseline below anchor" in report
+    assert "Garg et al. 2022" in report and "TOST" in report and "Holm" in report
+    assert set(results.ood_variants) == {"inputs_x2", "inputs_x0.5", "skewed_covariance", "longer_prompts"}
+    assert len(results.arms["0"].ood["longer_prompts"].k) == 11  # K + K examples: beyond training
+    assert "online_momentum_sgd_at_eta" in results.alignment["0.5"]
+    assert set(results.update_cosine["0"]["ols"]) == {"1", "2", "3", "4", "5", "mean"}  # per k
+    assert results.positive_control.rungs[0].preds_diff.mean <= 1e-5
+    assert len(results.runs["0"]["1"].anchor_trace) >= 1  # steps-to-threshold was watched
+    for name in ("report.md", "error_vs_k.png", "alignment_per_layer.png", "anchor_trace.png"):
         assert (out / name).is_file()
-    assert "Positive-control ladder" in (out / "report.md").read_text()
 
     # A rerun reuses every finished run (nothing retrains) and exports the two checkpoints.
-    model_file = out / "runs" / "linear-regression" / "eta=0.5" / "seed=1" / "model" / "model.safetensors"
+    model_file = (
+        out / "runs" / "linear-regression" / "eta=0.5" / "lr=0.003" / "seed=2" / "model" / "model.safetensors"
+    )
     stamp = model_file.stat().st_mtime_ns
     cards = tmp_path / "cards"
     assert main([*argv, *TINY, "--out", str(out), "--cards-dir", str(cards)]) == 0
@@ -362,27 +611,31 @@ def test_cli_end_to_end_regression_resumes_and_exports_cards(tmp_path, capsys):
     folders = sorted(p.name for p in cards.iterdir())
     assert folders == ["icl-regression-eta0", "icl-regression-eta0.5"]
     card = (cards / folders[1] / "README.md").read_text()
-    assert "η = 0.5" in card and folders[0] in card
+    assert "model-index" in card and "squared error / d at k = d (k = 2)" in card and "k = 2d (k = 4)" in card
+    assert "Baseline below anchor" in card and folders[0] in card
     loaded = AutoModel.from_pretrained(cards / folders[1])
     assert type(loaded) is MomentumGPTForInContextRegression and loaded.config.momentum_eta == 0.5
 
     # Runs trained with other settings are never silently reused: one line, exit code 2.
     capsys.readouterr()
     assert main([*argv, *TINY, "--out", str(out), "--hidden-size", "32"]) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if "icl-lab: error" in line]
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(errors) == 1 and "hidden_size: 16 -> 32" in errors[0], errors
 
 
-def test_cli_end_to_end_mqar(tmp_path):
+def test_cli_end_to_end_mqar_with_a_late_reassignment(tmp_path):
     out = tmp_path / "mqar"
-    argv = ["icl-lab", "--task", "mqar", "--etas", "0,learnable", "--vocab-size", "17", "--max-kv-pairs", "3"]
+    argv = ["icl-lab", "--task", "mqar", "--etas", "0", "learnable", "--vocab-size", "17", "--max-kv-pairs", "3",
+            "--mqar-reassign"]  # fmt: skip
     assert main([*argv, *TINY, "--out", str(out)]) == 0
-    results = json.loads((out / "results.json").read_text())
-    assert {"config", "curves", "baselines", "alignment", "positive_control", "accuracy"} <= set(results)
-    accuracy = results["accuracy"]["learnable"]
-    assert accuracy["kv_pairs"] == [1, 2, 3] and all(0 <= a <= 1 for a in accuracy["mean"])
-    assert len(results["momentum"]["learned_eta"]["per_seed"]["1"]) == 2  # one list of head etas per layer
-    assert (out / "report.md").is_file() and (out / "error_vs_k.png").is_file()
+    results = LabResults.load(out / "results.json")
+    arm = results.arms["learnable"]
+    assert arm.curve.k == [1, 2, 3] and all(0 <= e <= 1 for e in arm.curve.mean)
+    assert {"reassigned_accuracy_1", "reassigned_accuracy_3"} <= set(arm.extra)
+    assert len(results.runs["learnable"]["1"].learned_etas) == 2  # one list of head etas per layer
+    assert not results.gate.reached and "accuracy with 3 key-value pairs" in results.gate.message
+    assert results.momentum.comparisons["learnable"].verdict == "no verdict"
+    assert "Zoology" in (out / "report.md").read_text() and (out / "error_vs_k.png").is_file()
 
 
 @pytest.mark.parametrize(
@@ -390,15 +643,44 @@ def test_cli_end_to_end_mqar(tmp_path):
     [
         (["--etas", "0,1.5"], "eta must be in [0, 1)"),
         (["--etas", "0,fast"], "neither a number nor 'learnable'"),
-        (["--task", "sorting"], "--task must be one of"),
+        (["--etas", "0.5"], "--etas must include 0"),
+        (["--task", "sorting"], "--task"),
         (["--seeds", "1,1"], "repeated seed"),
+        (["--learning-rates", "1e-3", "-1"], "--learning-rates"),
+        (["--margin-relative", "0"], "--margin-relative"),
+        (["--mqar-reassign"], "--mqar-reassign applies to --task mqar"),
+        (["--device", "cuda:99"], "--device"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, arguments, message):
-    assert main(["icl-lab", "--out", str(tmp_path / "x"), *arguments]) == 2
+    try:
+        code = main(["icl-lab", "--out", str(tmp_path / "x"), *arguments])
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    assert code == 2
     error = capsys.readouterr().err.strip()
-    assert message in error and len(error.splitlines()) == 1
+    assert message in error and len(error.splitlines()) == 1, error
     assert not (tmp_path / "x").exists()
+
+
+def test_results_round_trip_through_json(tmp_path):
+    records = {eta: {s: _record(eta, s, 0.1 * s, 0.005) for s in (1, 2, 3)} for eta in ("0", "0.5")}
+    gate = aggregate.gate("linear-regression", records["0"], [], lambda c: (c[-1], "x"), True, "criterion")
+    results = LabResults(
+        task="linear-regression",
+        config={"eta_list": ["0", "0.5"], "seed_list": [1, 2, 3]},
+        environment={},
+        arms={eta: aggregate.summarize_arm(eta, runs, [0, 1, 2], 2.0) for eta, runs in records.items()},
+        runs={eta: {str(s): r for s, r in runs.items()} for eta, runs in records.items()},
+        gate=gate,
+        momentum=aggregate.momentum(records, gate, "mean error", 0.05, None, 2.0),
+    )
+    again = LabResults.load(results.save(tmp_path / "results.json"))
+    assert again.momentum.comparisons["0.5"] == results.momentum.comparisons["0.5"]
+    assert (
+        again.arms["0"].curve == results.arms["0"].curve
+        and again.runs["0.5"]["2"] == results.runs["0.5"]["2"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
@@ -435,8 +717,14 @@ def test_lab_checkpoint_loads_with_the_plugin_and_as_remote_code(folder, tmp_pat
         output = model(**inputs)
     expected = output.logits if auto_class is AutoModelForCausalLM else output.predictions
     if auto_class is AutoModelForCausalLM:
-        # The card's example: a trained recall model answers k1 with v1.
-        assert expected[0, -1].argmax().item() == inputs["input_ids"][0, 1].item()
+        # The card's example asks for k1's value with 2 pairs in the prompt: a model at the anchor (error <= 0.01
+        # with 2 pairs, by its own results.json) answers v1; any trained recall model answers with a value token.
+        summary = json.loads((folder / "results.json").read_text())
+        answer = expected[0, -1].argmax().item()
+        n_keys = (model.config.vocab_size - 1) // 2
+        assert answer > n_keys
+        if summary["arms"][summary["eta"]]["curve"]["mean"][1] <= 0.01:
+            assert answer == inputs["input_ids"][0, 1].item()
     save_file({**inputs, "expected": expected.contiguous()}, tmp_path / "expected.safetensors")
     script = f"""
         import torch, transformers

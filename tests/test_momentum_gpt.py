@@ -356,11 +356,16 @@ def test_generate_left_padded_batch_equals_single_rows():
         assert torch.equal(batched[i, 12:], single[0, len(row) :])
 
 
-def test_assisted_decoding_is_refused_clearly():
+def test_assisted_and_prompt_lookup_decoding_are_refused_clearly():
+    """The momentum state cannot be cropped back: generate refuses (5.23/5.24 through `_is_stateful`, 5.25 through
+    the cache's `is_croppable`, which the plugin sets from its own state)."""
     model = tiny_model()
     ids = torch.randint(3, 97, (1, 8))
-    with pytest.raises(ValueError, match="stateful"):
+    refused = "stateful|cache that can be cropped"
+    with pytest.raises(ValueError, match=refused):
         model.generate(ids, max_new_tokens=4, assistant_model=tiny_model(), do_sample=False)
+    with pytest.raises(ValueError, match=refused):
+        model.generate(ids, max_new_tokens=4, prompt_lookup_num_tokens=2, do_sample=False)
 
 
 # ---------------------------------------------------------------------------------------------------- Auto / I/O

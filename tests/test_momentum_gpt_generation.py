@@ -79,6 +79,62 @@ def test_static_cache_built_for_another_config_is_refused():
         model(torch.randint(3, 97, (1, 5)), **cache_kwargs(cache), use_cache=True)
 
 
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_static_cache_reused_after_reset_equals_a_fresh_cache(mode):
+    """`reset()` empties a static cache in place; prefill and decoding through it again equal a fresh cache."""
+    model = tiny_model(**MODES[mode]).eval()
+    ids = torch.randint(3, 97, (1, 10))
+
+    def prefill_then_decode(cache):
+        with torch.no_grad():
+            logits = [model(ids[:, :8], **cache_kwargs(cache), use_cache=True).logits]
+            logits += [model(ids[:, t : t + 1], **cache_kwargs(cache), use_cache=True).logits for t in (8, 9)]
+        return torch.cat(logits, 1)
+
+    reused = StaticCache(config=model.config, max_cache_len=20)
+    prefill_then_decode(reused)
+    reused.reset()
+    fresh = prefill_then_decode(StaticCache(config=model.config, max_cache_len=20))
+    assert torch.equal(prefill_then_decode(reused), fresh)  # same kernels, same order: bit for bit
+    torch.testing.assert_close(fresh, model(ids).logits, atol=ATOL_CACHE, rtol=0)
+
+
+def test_old_cache_argument_name_warns_like_transformers_models():
+    """`past_key_values=` is transformers' pre-5.24 name: accepted, with the FutureWarning its own models give."""
+    from transformers_momentum.compat import CACHE_NAME
+
+    model = tiny_model().eval()
+    ids = torch.randint(3, 97, (1, 6))
+    cache = StaticCache(config=model.config, max_cache_len=10)
+    if CACHE_NAME == "past_key_values":  # 5.23: it is the release's own name
+        model(ids, past_key_values=cache, use_cache=True)
+        return
+    with pytest.warns(FutureWarning, match="`past_key_values` is deprecated"):
+        old = model(ids, past_key_values=cache, use_cache=True).logits
+    torch.testing.assert_close(old, model(ids).logits, atol=ATOL_CACHE, rtol=0)
+
+
+def _exportable(model, max_cache_len: int = 12):
+    from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
+
+    model.generation_config.cache_implementation = "static"
+    return TorchExportableModuleForDecoderOnlyLM(model, batch_size=1, max_cache_len=max_cache_len)
+
+
+def test_export_with_momentum_is_refused_and_exact_at_eta_zero():
+    """ExecuTorch's wrapper exports keys/values and lengths, never the momentum state: with momentum the export is
+    refused (naming why); at eta = 0 the exported program's step-by-step logits equal a full forward."""
+    ids = torch.randint(3, 97, (1, 4))
+    with pytest.raises(Exception, match="cannot be exported with a cache"):
+        _exportable(tiny_model(momentum_eta=0.5).eval()).export(
+            input_ids=ids[:, :1], cache_position=torch.tensor([0])
+        )
+    model = tiny_model(momentum_eta=0.0).eval()
+    program = _exportable(model).export(input_ids=ids[:, :1], cache_position=torch.tensor([0])).module()
+    steps = [program(input_ids=ids[:, t : t + 1], cache_position=torch.tensor([t])) for t in range(4)]
+    torch.testing.assert_close(torch.cat(steps, 1), model(ids).logits, atol=ATOL_CACHE, rtol=0)
+
+
 # ---------------------------------------------------------------------------------------------------- packed batches
 
 

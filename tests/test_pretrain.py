@@ -301,10 +301,15 @@ def test_names_and_verdicts():
 
 
 def test_the_remote_code_requirement_follows_the_package_range():
-    assert remote_code_requirement("transformers>=5.23,<5.25") == (
-        "transformers >= 5.23 (CI tests it on 5.23 and on the newest release, 5.24)"
+    from transformers_momentum.compat import NEWEST_TESTED
+
+    newest = ".".join(NEWEST_TESTED.split(".")[:2])
+    assert remote_code_requirement("transformers>=5.23") == (
+        f"transformers >= 5.23 (CI tests it on 5.23 and on {newest}, the newest tested release)"
     )
-    assert remote_code_requirement("transformers<6,>=5.23") == "transformers >= 5.23"
+    assert remote_code_requirement("transformers>=5.23,<5.25") == (
+        "transformers >= 5.23 (CI tests it on 5.23 and on 5.24, the newest tested release)"
+    )
     assert remote_code_requirement("transformers") is None
 
 

@@ -3,7 +3,7 @@
 Importing the package registers MomentumGPT with the Auto classes and the K/V-tuning method with peft.
 """
 
-from . import architectures
+from . import architectures, compat
 from .kv_tuning import KVTuningConfig, KVTuningModel, kv_deltas, reset_kv_deltas
 from .models.momentum_gpt import (
     MomentumGPTConfig,
@@ -17,6 +17,11 @@ from .models.momentum_gpt.convert import gpt2_to_momentum_gpt, momentum_gpt_to_g
 from .models.momentum_gpt.retrofit import apply_momentum_attention, momentum_eta_of, remove_momentum_attention
 
 __version__ = "0.1.0"
+
+# Before any model loads: transformers >= 5.25 needs `kernels` for its default hub kernels (see `compat`).
+compat.switch_off_unavailable_hub_kernels()
+if (_notice := compat.untested_release_notice()) is not None:
+    compat.logger.warning(_notice)
 
 __all__ = [
     "KVTuningConfig",

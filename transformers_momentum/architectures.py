@@ -23,7 +23,11 @@ value):
 * multi-head latent attention (DeepSeek-V2/V3, MiniCPM3, ...): keys are ``[W_UK c ; RoPE(W_KR x)]`` and values
   ``W_UV c`` with the compressed latent ``c = norm(W_DKV x)``. K/V means the up-projection ``kv_b_proj`` (W_UK, W_UV:
   all its rows) plus the rotary-key rows W_KR of ``kv_a_proj_with_mqa``; the shared compression W_DKV (the latent rows
-  of that projection) feeds keys and values alike, like the layer input itself, and is not trained.
+  of that projection) feeds keys and values alike, like the layer input itself, and is not trained;
+* shared-KV attention (DeepSeek-V4): one projection's output is read as both key and value (role "kv", so K and V
+  cannot be tuned apart), plus, in its compressed-attention layers, the compressor's `kv_proj`, whose pooled
+  entries are appended to the same keys/values. The compressor's gate and the sparse indexer choose and weight
+  entries; they map no token to a key or value and are not trained.
 """
 
 from __future__ import annotations
@@ -155,6 +159,12 @@ def _latent_rope_key(attention, config) -> Rows:
     return {"k_rope": torch.arange(rank, rank + rope)}
 
 
+def _shared_kv(attention, config) -> Rows:
+    """DeepSeek-V4's `kv_proj`: one key/value head read as both key and value (shared-KV multi-query attention), so
+    every row is a key row and a value row at once: the role "kv"."""
+    return {"kv": None}
+
+
 ROW_LAYOUTS: dict[str, Callable[[nn.Module, object], Rows]] = {
     "key": _key,
     "value": _value,
@@ -165,6 +175,7 @@ ROW_LAYOUTS: dict[str, Callable[[nn.Module, object], Rows]] = {
     "codegen": _codegen,
     "latent_kv": _latent_kv,
     "latent_rope_key": _latent_rope_key,
+    "shared_kv": _shared_kv,
 }
 
 
@@ -188,6 +199,7 @@ class KVProjection:
 
     name: str
     layout: str
+    optional: bool = False  # present in some attention layers only (DeepSeek-V4's compressor)
 
     def __post_init__(self):
         if self.layout not in ROW_LAYOUTS:
@@ -210,7 +222,8 @@ class KVLayout:
 
     @property
     def module_names(self) -> tuple[str, ...]:
-        return tuple(p.name for p in self.projections)
+        """The projections every attention module of this layout has."""
+        return tuple(p.name for p in self.projections if not p.optional)
 
     @property
     def is_separate(self) -> bool:
@@ -297,6 +310,18 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
     "falcon": _fused("query_key_value", "falcon", layers="h", attention="self_attention", final_norm="ln_f"),
     "codegen": _fused("qkv_proj", "codegen", layers="h", attention="attn", final_norm="ln_f"),
     "dbrx": _fused("Wqkv", "qkv", layers="blocks", attention="norm_attn_norm.attn", final_norm="norm_f"),
+    "ergo": _fused("qkv_proj", "qkv"),
+    # shared-KV multi-query attention: keys and values are one projection's output, plus (in compressed-attention
+    # layers) the compressor's, whose compressed entries are appended to the same keys/values
+    "deepseek_v4": ArchitectureSpec(
+        KVLayout(
+            (
+                KVProjection("kv_proj", "shared_kv"),
+                KVProjection("compressor.kv_proj", "shared_kv", optional=True),
+            )
+        ),
+        query="q_b_proj",
+    ),
     # separate projections, attention computed outside the attention interface
     "xglm": ArchitectureSpec(final_norm="layer_norm", plain_scores=True),  # the paper's GPT (fairseq-dense)
     "gpt_neo": ArchitectureSpec(layers="h", attention="attn.attention", final_norm="ln_f"),
@@ -306,7 +331,21 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
     "trocr": ArchitectureSpec(
         layers="decoder.layers", final_norm=None, plain_scores=True
     ),  # post-norm blocks
+    "git": ArchitectureSpec(
+        KVLayout.separate("key", "value"),
+        query="query",
+        attention="attention.self",
+        layers="encoder.layer",
+        final_norm=None,
+        plain_scores=True,
+    ),  # BERT-style post-norm blocks as a captioning decoder
     "momentum_gpt": ArchitectureSpec(attention="attn"),
+}
+
+# Softmax-attention models whose keys cannot be finetuned apart from their queries: refused, naming why.
+REFUSED: dict[str, str] = {
+    "zaya": "its key projection also feeds its queries (query residual (q + k) / 2 and a convolution over [q; k]), "
+    "so finetuning the keys would change the queries too; K/V-only finetuning is not defined for it",
 }
 
 # Conventions automatic detection tries, in order.
@@ -524,6 +563,9 @@ def get_architecture(model: nn.Module) -> ArchitectureSpec:
     cached = _DETECTED.get(model)
     if cached is not None and cached[0] == (model_type, outer_type):
         return cached[1]
+    for refused in (model_type, outer_type):
+        if refused in REFUSED:
+            raise ValueError(f"{type(model).__name__} (model_type={refused!r}): {REFUSED[refused]}.")
     if model_type in ARCHITECTURES:
         return ARCHITECTURES[model_type]
     if outer_type in ARCHITECTURES:
@@ -533,6 +575,7 @@ def get_architecture(model: nn.Module) -> ArchitectureSpec:
             f"{type(model).__name__} (model_type={outer_type!r}) is an encoder-decoder model; K/V tuning and the "
             "analyzer work on the self-attention of decoder-only causal LMs."
         )
+    refuse_encoder_only(model)
     found = _detect(text_decoder(model)[1])
     if isinstance(found, str):
         raise ValueError(
@@ -541,6 +584,30 @@ def get_architecture(model: nn.Module) -> ArchitectureSpec:
         )
     _DETECTED[model] = ((model_type, outer_type), found)
     return found
+
+
+def refuse_encoder_only(model: nn.Module) -> None:
+    """Raise a one-line `ValueError` for a BERT-style model built as an encoder (``is_decoder=False``): its
+    self-attention is bidirectional, and K/V tuning (a causal-LM peft method) and the analyzer work on the causal
+    self-attention of decoder-only LMs.
+
+    Recognised by the config's own ``is_decoder`` flag (only configs of models that run either way have one) being
+    False while every attention module says ``is_causal=False``; decoders that build their causal mask themselves
+    (GIT) have no such flag and are left to `get_architecture`."""
+    base = unwrap_peft(model)
+    config = getattr(base, "config", None)
+    if config is None or "is_decoder" not in config.to_dict() or config.is_decoder:
+        return
+    flags = [
+        module.is_causal for module in base.modules() if isinstance(getattr(module, "is_causal", None), bool)
+    ]
+    if flags and not any(flags):
+        raise ValueError(
+            f"{type(base).__name__} (model_type={config.model_type!r}) is built as an encoder (is_decoder=False): its "
+            "self-attention is bidirectional, and K/V tuning and the analyzer work on the causal self-attention of "
+            "decoder-only LMs. To tune it as a decoder, load it with is_decoder=True (e.g. "
+            "AutoModelForCausalLM.from_pretrained(name, is_decoder=True))."
+        )
 
 
 def _is_encoder_decoder(config) -> bool:
@@ -647,6 +714,8 @@ def kv_projections(model: nn.Module, layout: KVLayout | None = None) -> dict[str
     for site in attention_sites(base, layout):
         for projection in layout.projections:
             module = _get(site.module, projection.name)
+            if module is None and projection.optional:
+                continue
             if hasattr(module, "get_base_layer"):  # already wrapped by a peft tuner
                 module = module.get_base_layer()
             if not isinstance(module, (nn.Linear, Conv1D)):
@@ -748,6 +817,8 @@ def is_norm(module: nn.Module) -> bool:
 
 __all__ = [
     "ARCHITECTURES",
+    "REFUSED",
+    "refuse_encoder_only",
     "LATENT_KV",
     "ROW_LAYOUTS",
     "SEPARATE_KV",

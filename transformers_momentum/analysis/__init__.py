@@ -28,13 +28,16 @@ _EXPORTS = {
     "probe": ("AttentionProbe", "ProbeRecord"),
     "weight_space": ("KVInputSecondMoment", "weight_space_cosines"),
     "finetune": ("FinetuneTrace", "kv_finetune"),
-    "controls": ("random_label_demos", "reinitialize_blocks", "untrained_copy"),
+    "controls": ("flipped_label_demos", "random_label_demos", "reinitialize_blocks", "untrained_copy"),
     "variants": ("FT_VARIANTS",),
     "metrics": (
         "Rec2FTP", "accuracy", "cosine", "delta_simam", "ft_attention_to_training_tokens", "head_cosines", "kendall",
         "order_sensitivity", "output_kl", "rec2ftp", "simam", "simaou", "simaou_null", "topk_recall",
     ),
-    "statistics": ("Estimate", "accuracy_estimate", "bootstrap_mean_ci", "estimate", "wilson_ci"),
+    "statistics": (
+        "Estimate", "accuracy_estimate", "bootstrap_mean_ci", "crossed_intervals", "estimate", "pigeonhole_ci",
+        "wilson_ci",
+    ),
     "results": ("AnalysisResult",),
     "pipeline": ("analyze",),
     "report": ("render_report", "render_task_table", "write_outputs"),

@@ -7,6 +7,7 @@ into estimates over examples and seeds.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -78,6 +79,8 @@ class SeedValues:
     output_kl_zsl: list[float] = field(default_factory=list)
     output_topk_zsl: list[float] = field(default_factory=list)
     variants: dict[str, VariantValues] = field(default_factory=dict)
+    # Δ_ICL of the first example collected: `join_shards` pairs it with the previous shard's last FT update.
+    first_delta_icl: torch.Tensor | None = None
 
     @property
     def zsl_correct(self) -> np.ndarray:
@@ -93,7 +96,9 @@ class SeedCollector:
 
     The random baselines draw from generators seeded with ``bootstrap_seed + seed`` in a fixed order (per example:
     the Uniform and the Gaussian SimAOU nulls, then per variant and layer the Kendall noise), so a run's numbers do
-    not depend on the batch size.
+    not depend on the batch size. A collector of one process's share of the examples (`distributed.shard`) starts
+    at their `offset` in the evaluation order: it first replays (draws and discards) what the examples before it
+    drew, so each example gets the baselines a one-process run gives it; `join_shards` joins the shares.
     """
 
     def __init__(
@@ -109,6 +114,7 @@ class SeedCollector:
         topk: int,
         output_topk: int,
         records=None,
+        offset: int = 0,
     ):
         self.values = SeedValues(variants={name: VariantValues() for name in kendall})
         self.generator = torch.Generator().manual_seed(bootstrap_seed + seed)
@@ -116,7 +122,7 @@ class SeedCollector:
         self.start, self.context_length, self.num_layers = start, context_length, num_layers
         self.kendall, self.kendall_n, self.topk, self.output_topk = kendall, kendall_n, topk, output_topk
         self.records = records
-        self.index = 0
+        self.index = self.offset = offset
 
     def add(
         self,
@@ -143,6 +149,9 @@ class SeedCollector:
         icl_q = [s[:, self.context_length :] for s in icl.record.scores]
         values.simam_before.append(simam(icl_q, zsl_q).numpy())
         delta_icl = attention_update(zsl.record.attention_output, icl.record.attention_output)
+        if self.index == self.offset:
+            values.first_delta_icl = delta_icl
+            self._replay_draws(delta_icl, icl, ft)
         values.simaou_uniform_null.append(simaou_null(delta_icl, "uniform", self.generator).numpy())
         values.simaou_gaussian_null.append(simaou_null(delta_icl, "gaussian", self.generator).numpy())
         if self.records is not None:
@@ -176,12 +185,7 @@ class SeedCollector:
         inputs = self.kendall.get(name)
         m_icl_layers = m_ft_layers = None
         test_query = getattr(ft.record, inputs.test_query) if inputs is not None else None
-        if (
-            self.index < self.kendall_n
-            and inputs is not None
-            and inputs.train_queries is not None
-            and test_query is not None
-        ):
+        if self.index < self.kendall_n and self._ranks_kendall(name, ft):
             m_icl_layers, m_ft_layers = [], []
             for layer in range(self.num_layers):
                 m_icl = icl.record.scores[layer][:, inputs.icl_positions].sum(0).numpy()
@@ -206,5 +210,59 @@ class SeedCollector:
         if self.records is not None:
             self.records.add_variant(self.index, name, ft, ft_q, m_icl_layers, m_ft_layers)
 
+    def _ranks_kendall(self, name: str, ft: Observation) -> bool:
+        """Whether variant `name` has Kendall τ (and its noise draws), given an example's FT observation."""
+        inputs = self.kendall.get(name)
+        return (
+            inputs is not None
+            and inputs.train_queries is not None
+            and getattr(ft.record, inputs.test_query) is not None
+        )
 
-__all__ = ["VARIANT_METRICS", "KendallInputs", "SeedCollector", "SeedValues", "VariantValues"]
+    def _replay_draws(self, delta_icl: torch.Tensor, icl: Observation, ft: dict[str, Observation]) -> None:
+        """Draw and discard the random baselines of the `offset` examples before this shard, in `_add_one`'s order.
+        Their shapes are this example's: the same for every example of a seed."""
+        for index in range(self.offset):
+            simaou_null(delta_icl, "uniform", self.generator)
+            simaou_null(delta_icl, "gaussian", self.generator)
+            for name, observation in ft.items():
+                if index < self.kendall_n and self._ranks_kendall(name, observation):
+                    positions = self.kendall[name].icl_positions
+                    for layer in range(self.num_layers):
+                        self.rng.random(icl.record.scores[layer][:, positions].shape[1])
+
+
+def join_shards(parts: list[SeedValues]) -> SeedValues:
+    """The values of consecutive shares of the evaluation examples (in evaluation order) as one collector of all
+    the examples has them: every list concatenated, and the shuffled-example SimAOU null of each share's first
+    example, which pairs its Δ_ICL with the FT update of the previous share's last example, filled in."""
+    parts = [part for part in parts if part.gold]  # a process may have had no examples
+    if len(parts) == 1:
+        return parts[0]
+    joined = SeedValues(variants={name: VariantValues() for name in parts[0].variants})
+    for part in parts:
+        for name, value in vars(part).items():
+            if isinstance(value, list):
+                getattr(joined, name).extend(value)
+        for name, variant in part.variants.items():
+            into = joined.variants[name]
+            if into.predicted and part.first_delta_icl is not None and into.previous_delta is not None:
+                shuffled = cosine(part.first_delta_icl, into.previous_delta).numpy()
+                variant = _with_first_shuffled_null(variant, shuffled)
+            for field_name, value in vars(variant).items():
+                if isinstance(value, list):
+                    getattr(into, field_name).extend(value)
+            for metric, rows in variant.per_layer.items():
+                into.per_layer[metric].extend(rows)
+            into.previous_delta = variant.previous_delta
+    joined.first_delta_icl = parts[0].first_delta_icl
+    return joined
+
+
+def _with_first_shuffled_null(variant: VariantValues, shuffled: np.ndarray) -> VariantValues:
+    per_layer = {metric: list(rows) for metric, rows in variant.per_layer.items()}
+    per_layer["simaou_shuffled_null"][0] = shuffled
+    return dataclasses.replace(variant, per_layer=per_layer)
+
+
+__all__ = ["VARIANT_METRICS", "KendallInputs", "SeedCollector", "SeedValues", "VariantValues", "join_shards"]

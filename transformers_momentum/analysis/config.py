@@ -15,9 +15,12 @@ from typing import Literal
 
 from .errors import AnalysisInputError
 
-# Deutch et al. 2024: the untrained model and layer-causal GD; random-label and different-task FT; Shen et al. 2024:
+# Deutch et al. 2024: the untrained model and layer-causal GD; different-task FT; random-label FT (labels drawn
+# uniformly, Min et al. 2022) and flipped-label FT (a consistent inverted mapping, Wei et al. 2023); Shen et al. 2024:
 # the demonstration-order test.
-CONTROLS = ("untrained", "lcgd", "random_label", "other_task", "order")
+CONTROLS = ("untrained", "lcgd", "random_label", "flipped_label", "other_task", "order")
+#: torch's names of the precisions, accepted for ``dtype`` beside the short ones.
+DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 # Dai et al. 2023, Appendix B: {1..9} x {0.1, 0.01, 0.001, 0.0001}.
 PAPER_LR_GRID = tuple(m * s for s in (0.1, 0.01, 0.001, 0.0001) for m in range(1, 10))
 
@@ -38,7 +41,10 @@ class AnalysisConfig:
         default=100, metadata=_help("Evaluation examples analysed (eval split shuffled with seed 1).")
     )
     seeds: list[int] = field(
-        default_factory=lambda: [1], metadata=_help("Demonstration seeds.", aliases=["--seed"])
+        # Five draws: intervals resample seeds as well as examples, and with fewer than 3 the seed variance is
+        # barely estimable (statistics.FEW_SEEDS).
+        default_factory=lambda: [1, 2, 3, 4, 5],
+        metadata=_help("Demonstration seeds (intervals resample them; use at least 3).", aliases=["--seed"]),
     )
     lr: float | None = field(
         default=None,
@@ -97,13 +103,6 @@ class AnalysisConfig:
         default=2, metadata=_help("Extra demonstration orders for the order control.")
     )
     output_topk: int = field(default=10, metadata=_help("k of the next-token top-k overlap of ICL and FT."))
-    random_labels: Literal["derangement", "uniform"] = field(
-        default="derangement",
-        metadata=_help(
-            "Random-label FT: 'derangement' gives every demo a label other than its gold one; 'uniform' draws "
-            "labels uniformly (some keep their gold label; the count is reported)."
-        ),
-    )
     batch_size: int = field(
         default=8,
         metadata=_help("Sequences per ZSL/ICL/FT evaluation forward (the ICL context cache is shared)."),
@@ -146,11 +145,27 @@ class AnalysisConfig:
             raise AnalysisInputError("Give a learning rate or a non-empty lr_grid to tune it on.")
         if self.lr is not None and self.lr < 0:
             raise AnalysisInputError(f"lr must be >= 0, got {self.lr}.")
+        # Checked here, not when tuning starts after the model loaded. `not 0 <= x < inf` also catches nan.
+        if self.lr is not None and not 0 <= self.lr < float("inf"):
+            raise AnalysisInputError(f"lr must be a finite number >= 0, got {self.lr}.")
+        bad_lrs = [x for x in self.lr_grid if not 0 <= x < float("inf")]
+        if bad_lrs:
+            raise AnalysisInputError(f"lr_grid values must be finite numbers >= 0, got {bad_lrs}.")
+        if self.max_length < 1:
+            raise AnalysisInputError(f"max_length must be >= 1, got {self.max_length}.")
+        if min(self.seeds) < 0 or self.bootstrap_seed < 0:  # numpy's generators take no negative seed
+            raise AnalysisInputError(
+                f"seeds and bootstrap_seed must be >= 0, got seeds={self.seeds}, "
+                f"bootstrap_seed={self.bootstrap_seed}."
+            )
+        if self.start_token is not None and not self.start_token.strip():
+            raise AnalysisInputError(
+                "start_token is empty; name a token of the tokenizer, or leave it unset."
+            )
         for name, allowed in (
             ("analysis_position", ("label", "prompt")),
             ("separator", ("eos", "newline")),
             ("newline", ("keep", "eos")),
-            ("random_labels", ("derangement", "uniform")),
         ):
             if getattr(self, name) not in allowed:
                 raise AnalysisInputError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
@@ -174,10 +189,45 @@ class ModelArguments:
     device_map: str | None = field(
         default=None, metadata=_help("'auto' spreads the model over the available devices with accelerate.")
     )
+    max_memory: str | None = field(
+        default=None,
+        metadata=_help(
+            "Memory per device for the device map, accelerate's format: '0=20GiB,1=20GiB,cpu=60GiB' (GPU index, "
+            "cpu, mps or disk = size). What does not fit is offloaded to CPU memory, then disk. Implies "
+            "--device-map auto."
+        ),
+    )
+    offload_folder: str | None = field(
+        default=None,
+        metadata=_help("Folder for the weights a device map offloads to disk. Implies --device-map auto."),
+    )
+    autocast: bool = field(
+        default=True,
+        metadata=_help(
+            "With --dtype bf16/fp16 (the default mixed precision, as Trainer(bf16=True) and accelerate do it): keep "
+            "the weights, the K/V deltas, their gradients and the SGD step in fp32 and run the forwards under "
+            "torch.autocast in that dtype. --no-autocast casts the weights instead: half the memory, but bf16 "
+            "weights are a slightly different model and their K/V gradients are ~40%% off fp32 (docs/analysis.md)."
+        ),
+    )
     attn_implementation: str | None = field(
         default=None, metadata=_help("Attention backend the probe wraps (default: the model's own default).")
     )
     threads: int | None = field(default=None, metadata=_help("torch.set_num_threads (CPU)."))
+
+    def __post_init__(self):
+        # torch's names for the precisions are accepted too (the CLI lists them as choices).
+        self.dtype = DTYPE_ALIASES.get(self.dtype, self.dtype)
+        if self.dtype not in ("fp32", "bf16", "fp16"):
+            raise AnalysisInputError(
+                f"dtype must be fp32, bf16 or fp16 (or float32, bfloat16, float16), got {self.dtype!r}."
+            )
+        if self.threads is not None and self.threads < 1:
+            raise AnalysisInputError(f"threads must be >= 1, got {self.threads}.")
+        if self.max_memory is not None:  # a malformed --max-memory fails before data or model are loaded
+            from .loading import parse_max_memory
+
+            parse_max_memory(self.max_memory)
 
 
 @dataclass

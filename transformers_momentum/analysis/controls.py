@@ -3,7 +3,11 @@
 * :func:`untrained_copy`: Deutch et al.'s untrained model: the decoder blocks are re-initialised, while the token
   (and position) embeddings, every norm, the final norm and the unembedding keep their pretrained values. It does
   not do ICL, yet reaches similar SimAOU on several tasks, which is the point of running it.
-* :func:`random_label_demos`: the demonstrations with wrong labels (random-label FT).
+* :func:`random_label_demos`: random labels (Min et al. 2022, "Rethinking the role of demonstrations"): every
+  demonstration's label drawn uniformly from the label set, so the gold label is kept only at chance (1/classes).
+* :func:`flipped_label_demos`: flipped labels (Wei et al. 2023, "Larger language models do in-context learning
+  differently"): every label mapped to another class by one fixed permutation without a fixed point (on binary
+  tasks, the other class): a consistent inverted mapping, not noise.
 * Layer-causal GD lives in `finetune.kv_finetune(method="lcgd")`; the FT variants are tabled in `variants.py`.
 """
 
@@ -49,28 +53,41 @@ def untrained_copy(model: nn.Module, *, seed: int = 0) -> nn.Module:
     return clone
 
 
-def random_label_demos(
-    demos: list[dict], num_classes: int, *, seed: int, derangement: bool = True
-) -> tuple[list[dict], int]:
-    """Copies of `demos` with random labels, and how many demos kept their gold label.
+def random_label_demos(demos: list[dict], num_classes: int, *, seed: int) -> tuple[list[dict], int]:
+    """Copies of `demos` with labels drawn uniformly from all `num_classes` classes, and how many kept their gold label.
 
-    With `derangement` (the default) every demo gets a label drawn uniformly from the *other* classes, so none keeps
-    its gold label; otherwise labels are drawn uniformly from all classes (the expected share kept is 1/classes).
+    This is the random-label setting of Min et al. (2022): each demo keeps its gold label with probability
+    1/classes (half the time on binary tasks), so the count kept is reported beside the control.
     """
     if num_classes < 2:
         raise ValueError("random labels need at least two classes")
     rng = random.Random(seed)
-    shuffled = []
-    for demo in demos:
-        gold = int(demo["label"])
-        if derangement:
-            label = rng.randrange(num_classes - 1)
-            label += label >= gold  # skip the gold class
-        else:
-            label = rng.randrange(num_classes)
-        shuffled.append({**demo, "label": label})
+    shuffled = [{**demo, "label": rng.randrange(num_classes)} for demo in demos]
     kept = sum(int(d["label"]) == int(s["label"]) for d, s in zip(demos, shuffled, strict=True))
     return shuffled, kept
 
 
-__all__ = ["random_label_demos", "reinitialize_blocks", "untrained_copy"]
+def flipped_mapping(num_classes: int) -> list[int]:
+    """The fixed label derangement of the flipped-label control: class c -> (c + 1) mod classes.
+
+    For two classes it is the inverse mapping (0 <-> 1); for more it is one cyclic shift, a permutation with no
+    fixed point, the same for every seed so that every demonstration of every seed is relabelled consistently.
+    """
+    if num_classes < 2:
+        raise ValueError("flipped labels need at least two classes")
+    return [(label + 1) % num_classes for label in range(num_classes)]
+
+
+def flipped_label_demos(demos: list[dict], num_classes: int) -> tuple[list[dict], list[int]]:
+    """Copies of `demos` relabelled by `flipped_mapping` (no demo keeps its gold label), and the mapping."""
+    mapping = flipped_mapping(num_classes)
+    return [{**demo, "label": mapping[int(demo["label"])]} for demo in demos], mapping
+
+
+__all__ = [
+    "flipped_label_demos",
+    "flipped_mapping",
+    "random_label_demos",
+    "reinitialize_blocks",
+    "untrained_copy",
+]

@@ -7,6 +7,11 @@ every token of the formatted demonstration (prompt and label tokens; the start t
 ``method="lcgd"`` is Deutch et al.'s layer-causal GD: each decoder block's input is detached (a stop-gradient
 between layers) and every block's output goes through the final norm and the LM head (a logit lens); the loss is the
 sum of the per-layer token-mean NLLs, so each layer learns only from its own prediction.
+
+Mixed precision as training frameworks do it: with a bf16/fp16 model the forwards run in that precision, while the
+K/V deltas (the trainable parameters), their gradients and the SGD step stay in fp32 (the "master weights" of AMP
+training). A bf16 delta would lose every update below 2^-8 of its own size; an fp32 delta keeps it, and the layer
+adds the delta's fp32 output to the half-precision base output (`kv_tuning.KVTuningLayer`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..architectures import decoder_layers, final_norm
+from ..architectures import decoder_layers
+from .geometry import AttentionGeometry
 from .probe import AttentionProbe, unwrap_model
 
 FT_METHODS = ("gd", "lcgd")
@@ -39,9 +45,20 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
+@torch.no_grad()
+def upcast_trainable(parameters) -> None:
+    """Keep every trainable floating-point parameter in at least fp32, in place (the same `Parameter` objects, so
+    optimizers and snapshots that hold them stay valid). peft upcasts fresh adapters of half-precision models itself
+    (`autocast_adapter_dtype`), but not a model cast to bf16 after wrapping or wrapped without autocast."""
+    for parameter in parameters:
+        if parameter.is_floating_point() and parameter.element_size() < 4:
+            parameter.data = parameter.data.float()
+
+
 @contextlib.contextmanager
-def _layer_causal(model: nn.Module):
-    """Detach every decoder block's input and collect every block's output (for the per-layer logit lens)."""
+def _layer_causal(model: nn.Module, blocks: nn.ModuleList | None = None):
+    """Detach every decoder block's input and collect every block's output (for the per-layer logit lens).
+    `blocks` are `model`'s decoder blocks when the caller has them (`AttentionGeometry.blocks`)."""
     outputs: list[torch.Tensor] = []
 
     def detach_input(module, args, kwargs):
@@ -55,7 +72,7 @@ def _layer_causal(model: nn.Module):
         outputs.append(output[0] if isinstance(output, tuple) else output)
 
     hooks = []
-    for block in decoder_layers(model):
+    for block in blocks if blocks is not None else decoder_layers(model):
         hooks.append(block.register_forward_pre_hook(detach_input, with_kwargs=True))
         hooks.append(block.register_forward_hook(keep_output))
     try:
@@ -77,12 +94,15 @@ def kv_finetune(
     method: str = "gd",
     probe: AttentionProbe | None = None,
     start_length: int = 1,
+    geometry: AttentionGeometry | None = None,
 ) -> FinetuneTrace:
     """One epoch of batch-1 SGD over `sequences` (token ids, in order) on `model`'s trainable parameters.
 
     `model` is a peft model from ``get_peft_model(base, KVTuningConfig())``; its deltas are updated in place.
     With `probe`, the training forwards record the queries of every token (in train mode, with the parameters after
     the previous steps, as the paper's code does); the first `start_length` positions (the start token) are dropped.
+    `geometry` is the model's `AttentionGeometry` (read from the model when not given). Half-precision trainable
+    parameters are upcast to fp32 first (see the module docstring).
     """
     if method not in FT_METHODS:
         raise ValueError(f"Unknown finetuning method {method!r}; use one of {FT_METHODS}.")
@@ -91,12 +111,14 @@ def kv_finetune(
         raise ValueError(
             "The model has no trainable parameters; wrap it with get_peft_model(model, KVTuningConfig())."
         )
+    upcast_trainable(parameters)
+    geometry = geometry or AttentionGeometry.of(model)
     optimizer = torch.optim.SGD(parameters, lr=lr, momentum=0.0, weight_decay=0.0)
     trace = FinetuneTrace()
     per_layer_queries: list[list[torch.Tensor]] | None = None
     per_layer_projected: list[list[torch.Tensor]] | None = None
     base = unwrap_model(model)
-    device = next(base.parameters()).device
+    device = geometry.input_device  # not the first parameter's device: meta when the embeddings are offloaded
     was_training = model.training
     model.train()
     try:
@@ -109,10 +131,12 @@ def kv_finetune(
                     logits = model(input_ids=input_ids, use_cache=False).logits
                 loss = _token_mean_nll(logits, input_ids)
             else:
-                with record, _layer_causal(model) as block_outputs:
+                with record, _layer_causal(model, geometry.blocks) as block_outputs:
                     model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
-                norm, head = final_norm(model), base.get_output_embeddings()
-                loss = sum(_token_mean_nll(head(norm(hidden)), input_ids) for hidden in block_outputs)
+                norm, head = geometry.final_norm, base.get_output_embeddings()
+                # a post-norm model has no final norm: its blocks' outputs go to the head as they are
+                lens = [norm(hidden) if norm is not None else hidden for hidden in block_outputs]
+                loss = sum(_token_mean_nll(head(hidden), input_ids) for hidden in lens)
             loss.backward()
             optimizer.step()
             trace.losses.append(float(loss.detach()))
@@ -139,4 +163,4 @@ def kv_finetune(
     return trace
 
 
-__all__ = ["FT_METHODS", "FinetuneTrace", "kv_finetune", "trainable_parameters"]
+__all__ = ["FT_METHODS", "FinetuneTrace", "kv_finetune", "trainable_parameters", "upcast_trainable"]

@@ -29,14 +29,20 @@ from torch import nn
 from ..architectures import cache_can_repeat_batch, cache_is_croppable, max_positions
 from ..compat import cache_kwargs, output_cache
 from .errors import AnalysisInputError
+from .geometry import AttentionGeometry, input_device
 from .prompt import Context, PromptLayout
 
 
 def context_budget(
-    model: nn.Module, layout: PromptLayout, examples: Sequence[dict], max_length: int
+    model: nn.Module,
+    layout: PromptLayout,
+    examples: Sequence[dict],
+    max_length: int,
+    *,
+    geometry: AttentionGeometry | None = None,
 ) -> tuple[int, int]:
     """(tokens available to the demonstrations, the effective maximum length) for evaluating `examples`."""
-    limit = max_positions(model)
+    limit = geometry.max_positions if geometry is not None else max_positions(model)
     effective = min(max_length, limit) if limit else max_length
     longest = layout.longest_query(examples)
     if effective - longest <= len(layout.start_ids):
@@ -129,6 +135,7 @@ class CandidateScorer:
         analysis_position: where recorded rows are analysed: ``"label"`` (candidate 0's label token, the paper
             code's choice) or ``"prompt"`` (the last prompt token).
         reuse_cache: run the context once and reuse its cache (False: every sequence carries the whole context).
+        geometry: the model's `AttentionGeometry`, for where input ids go (read from the model when not given).
     """
 
     def __init__(
@@ -140,8 +147,10 @@ class CandidateScorer:
         analysis_position: str = "label",
         reuse_cache: bool = True,
         keep_next_token: bool = True,
+        geometry: AttentionGeometry | None = None,
     ):
         self.model = model
+        self.geometry = geometry
         self.layout = layout
         self.batch_size = batch_size
         self.analysis_position = analysis_position
@@ -153,8 +162,9 @@ class CandidateScorer:
 
     @property
     def device(self) -> torch.device:
-        parameter = next(self.model.parameters(), None)
-        return parameter.device if parameter is not None else torch.device("cpu")
+        """Where input ids go: the input embeddings' execution device (not the first parameter's device, which is
+        meta when the embeddings are offloaded)."""
+        return self.geometry.input_device if self.geometry is not None else input_device(self.model)
 
     def prefix(
         self, context: Context, observe: Callable[[], contextlib.AbstractContextManager] | None = None

@@ -2,8 +2,10 @@
 
 The attention implementation is left to transformers unless asked for (sdpa where the model supports it, eager
 otherwise: XGLM, the architecture of the paper's GPT 1.3B/2.7B, has no sdpa). ``dtype`` sets the precision of the
-weights and forwards; the analyzer computes its metrics in fp32/fp64 whatever it is. ``device_map="auto"`` spreads a
-model over the available devices with accelerate.
+weights and forwards; the analyzer computes its metrics in fp32/fp64 whatever it is (and trains the K/V deltas in
+fp32). ``device_map="auto"`` spreads a model over the available devices with accelerate; ``max_memory`` (a dict as
+`from_pretrained` takes it, or accelerate's command-line form ``"0=20GiB,cpu=60GiB"``) caps each device, and what does
+not fit is offloaded to CPU memory and then to disk (``offload_folder``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,37 @@ from pathlib import Path
 from .errors import AnalysisInputError
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# The device names accelerate's `max_memory` takes besides GPU indices (`accelerate.utils.get_max_memory`).
+MEMORY_DEVICES = ("cpu", "disk", "mps")
+
+
+def parse_max_memory(text: str) -> dict[int | str, int | str]:
+    """``"0=20GiB,cpu=60GiB"`` -> ``{0: "20GiB", "cpu": "60GiB"}``: the dict `from_pretrained(max_memory=...)`
+    takes (GPU indices as ints). Sizes are checked with accelerate's own parser; a bare number is bytes."""
+    from accelerate.utils import convert_file_size_to_int
+
+    example = "e.g. --max-memory 0=20GiB,cpu=60GiB"
+    result: dict[int | str, int | str] = {}
+    for item in (part.strip() for part in text.split(",")):
+        key, sep, size = (x.strip() for x in item.partition("="))
+        if not item or not sep or not key or not size:
+            raise AnalysisInputError(f"--max-memory {text!r}: {item!r} is not DEVICE=SIZE ({example}).")
+        device: int | str = int(key) if key.isdigit() else key.lower()
+        if isinstance(device, str) and device not in MEMORY_DEVICES:
+            raise AnalysisInputError(
+                f"--max-memory {text!r}: device {key!r} is neither a GPU index nor one of {', '.join(MEMORY_DEVICES)}."
+            )
+        if device in result:
+            raise AnalysisInputError(f"--max-memory {text!r}: device {key!r} is given twice.")
+        value: int | str = int(size) if size.isdigit() else size
+        try:
+            convert_file_size_to_int(value)
+        except ValueError:
+            raise AnalysisInputError(
+                f"--max-memory {text!r}: {size!r} is not a size (bytes, or a number with KB, MB, GB, KiB, MiB, GiB)."
+            ) from None
+        result[device] = value
+    return result
 
 
 def _looks_like_path(name: str) -> bool:
@@ -78,11 +111,20 @@ def load_model(
     *,
     dtype: str = "fp32",
     device: str | None = None,
-    device_map: str | None = None,
+    device_map: str | dict | None = None,
+    max_memory: str | dict | None = None,
+    offload_folder: str | os.PathLike | None = None,
     attn_implementation: str | None = None,
+    autocast: bool = False,
     progress: bool = True,
 ):
-    """(model, tokenizer) from an offline name (`transformers_momentum.assets`), a local folder or a Hub id."""
+    """(model, tokenizer) from an offline name (`transformers_momentum.assets`), a local folder or a Hub id.
+
+    `max_memory` or `offload_folder` without a `device_map` mean ``device_map="auto"`` (accelerate only places and
+    offloads weights through a device map); `device` is then unused. With `autocast` and a half-precision `dtype`
+    the weights stay fp32 and the model is marked (``model.tm_autocast_dtype``) for the analyzer to run its forwards
+    under ``torch.autocast`` in `dtype`: the mixed precision of ``Trainer(bf16=True)``, see `engine.py`.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -90,11 +132,20 @@ def load_model(
     if dtype not in DTYPES:
         raise AnalysisInputError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
     source = resolve_model(name)
-    kwargs = {"dtype": getattr(torch, DTYPES[dtype])}
+    compute_dtype = getattr(torch, DTYPES[dtype])
+    kwargs = {"dtype": torch.float32 if autocast else compute_dtype}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
+    if isinstance(max_memory, str):
+        max_memory = parse_max_memory(max_memory)
+    if device_map is None and (max_memory or offload_folder is not None):
+        device_map = "auto"
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if max_memory:
+        kwargs["max_memory"] = max_memory
+    if offload_folder is not None:
+        kwargs["offload_folder"] = str(offload_folder)
     bars = hf_logging.is_progress_bar_enabled()
     if not progress:
         hf_logging.disable_progress_bar()
@@ -112,7 +163,10 @@ def load_model(
             hf_logging.enable_progress_bar()
     if device_map is None:
         model = model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if autocast and compute_dtype != torch.float32:
+        # The analyzer's engine runs this model's forwards under torch.autocast(compute_dtype) (engine.py).
+        model.tm_autocast_dtype = compute_dtype
     return model.eval(), tokenizer
 
 
-__all__ = ["DTYPES", "load_model", "resolve_model"]
+__all__ = ["DTYPES", "load_model", "parse_max_memory", "resolve_model"]

@@ -7,11 +7,14 @@
                     -> every FT variant trained on its sequences (variants.FT_VARIANTS, engine.finetune)
                     -> the ICL context run once (engine.prefix)
                     -> every evaluation example in ZSL, ICL and each FT variant, in batches (engine.evaluate)
+                       (across processes: this process's share, distributed.shard)
                     -> per-example metric values (collect.SeedCollector)
                     -> weight-space cosines (weight_space) and the order control (order)
+                    -> the shares of all processes joined in evaluation order (distributed.gather, join_shards)
       3. results    estimates over examples and seeds (summarize, statistics) -> AnalysisResult
 
-The model is wrapped with peft for the run and unwrapped afterwards (its weights are unchanged).
+The model is wrapped with peft for the run and unwrapped afterwards (its weights are unchanged). Under torchrun or
+accelerate launch every process runs this whole pipeline and returns the same result (distributed.py).
 """
 
 from __future__ import annotations
@@ -21,23 +24,25 @@ import platform
 import time
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..architectures import attention_modules, get_architecture, rotates_queries
-from .collect import KendallInputs, SeedCollector, SeedValues
+from . import distributed
+from .collect import KendallInputs, SeedCollector, SeedValues, join_shards
 from .config import AnalysisConfig
 from .controls import untrained_copy
 from .engine import Engine
 from .errors import AnalysisInputError
+from .geometry import AttentionGeometry
 from .icl import context_budget
 from .order import order_control
 from .prompt import PromptLayout
 from .protocol import Splits, draw_demos, make_splits, select_seed, tune_learning_rate
 from .records import Records
 from .results import AnalysisResult, SeedInfo
-from .statistics import BOOTSTRAP, LEVEL, WILSON
+from .statistics import describe_intervals
 from .summarize import summarize_model, warnings_for
 from .tasks import TaskData, TaskSpec, check_task_data, get_task, load_task_data
 from .variants import VariantInputs, aligned_tokens, variants_for
@@ -68,18 +73,20 @@ def analyze(
         if data is not None
         else load_task_data(task, config.data_dir, hub=config.hub)
     )
-    try:
-        get_architecture(model)
-        if not attention_modules(model):
-            raise ValueError("no decoder blocks")
-    except (ValueError, AttributeError, TypeError) as error:
-        raise AnalysisInputError(f"No attention found in {type(model).__name__}: {error}") from None
+    geometry = AttentionGeometry.of(model)  # read once; the pretrained model's engine reuses it
+    if "untrained" in config.controls and any(p.is_meta for p in model.parameters()):
+        # Its copy would re-initialise meta tensors (a no-op) and keep the offloaded pretrained weights.
+        raise AnalysisInputError(
+            "The untrained-model control re-initialises a copy of the decoder blocks, which needs the weights in "
+            "memory; this model has offloaded weights (a device map with cpu/disk entries). Drop 'untrained' from "
+            "--controls, or load the model without offloading."
+        )
     layout = PromptLayout(
         tokenizer, task, separator=config.separator, start_token=config.start_token, newline=config.newline
     )
     splits = make_splits(data, config)
     budget, max_length = context_budget(
-        model, layout, splits.eval_examples + splits.tune_examples, config.max_length
+        model, layout, splits.eval_examples + splits.tune_examples, config.max_length, geometry=geometry
     )
     other = None
     if "other_task" in config.controls:
@@ -100,9 +107,10 @@ def analyze(
     models, seed_infos, seed_selection, warnings = {}, [], [], []
     runs = [("pretrained", model)] + ([("untrained", None)] if "untrained" in config.controls else [])
     for name, run_model in runs:
-        result, infos, selection, model_warnings = run(
-            name, run_model if run_model is not None else untrained_copy(model, seed=1234)
-        )
+        if run_model is None:
+            result, infos, selection, model_warnings = run(name, untrained_copy(model, seed=1234))
+        else:
+            result, infos, selection, model_warnings = run(name, run_model, geometry)
         models[name] = result
         warnings += model_warnings
         if name == "pretrained":
@@ -118,9 +126,12 @@ def analyze(
         run={
             "model": model_name or getattr(model.config, "_name_or_path", None) or type(model).__name__,
             "model_type": model.config.model_type,
-            "num_layers": len(attention_modules(model)),
+            "num_layers": geometry.num_layers,
             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-            "devices": sorted({str(p.device) for p in model.parameters()}),
+            # forwards under torch.autocast in this dtype (mixed precision; the weights are `dtype`), else None
+            "autocast": str(getattr(model, "tm_autocast_dtype", None) or "").replace("torch.", "") or None,
+            "devices": _devices(model),
+            "processes": distributed.world_size(),  # each evaluated a share of the examples (distributed.py)
             "data_source": data.source,
             "n_eval_used": len(splits.eval_examples),
             "tuning_split": splits.tuning_split,
@@ -139,20 +150,21 @@ def analyze(
             "python": platform.python_version(),
             "wall_seconds": round(time.time() - started, 1),
         },
-        statistics={
-            "level": LEVEL,
-            "unit": "evaluation example (every seed evaluates the same examples; seeds are averaged within an example)",
-            "metrics": BOOTSTRAP,
-            "accuracy": f"{WILSON} when every example has one outcome (one seed, or the same under every seed); "
-            f"otherwise the {BOOTSTRAP}",
-            "seed_spread": "per_seed holds each seed's estimate, seed_sd their standard deviation",
-            "rec2ftp": "counts over (seed, example) pairs",
-        },
+        statistics=describe_intervals(len(run.seeds)),
         models=models,
         seeds=seed_infos,
         warnings=warnings,
         records=records,
     )
+
+
+def _devices(model: nn.Module) -> list[str]:
+    """Where the model's weights live: accelerate's device map when it was dispatched ("disk" and "cpu" entries
+    are offloaded blocks), else the devices of its parameters."""
+    device_map = getattr(model, "hf_device_map", None)
+    if device_map:
+        return sorted({f"cuda:{d}" if isinstance(d, int) else str(d) for d in device_map.values()})
+    return sorted({str(p.device) for p in model.parameters()})
 
 
 @dataclass
@@ -181,10 +193,10 @@ class _ModelRun:
         self.exact_scores = True
         self.kendall_queries: str | None = None
 
-    def __call__(self, name: str, model: nn.Module):
+    def __call__(self, name: str, model: nn.Module, geometry: AttentionGeometry | None = None):
         config = self.config
         variants = variants_for(config.controls) if name == "pretrained" else variants_for(())
-        engine = Engine(model, self.layout, config)
+        engine = Engine(model, self.layout, config, geometry)
         self.probe_fallback |= engine.probe.fallback
         self.exact_scores &= engine.probe.exact_scores
         seed_selection = {}
@@ -194,9 +206,9 @@ class _ModelRun:
                     engine, self.splits, self.layout, config, self.budget, self.max_length
                 )
                 self.seeds = [chosen]
-            progress = tqdm(
-                total=len(self.seeds) * len(self.splits.eval_examples), desc=f"analyse [{name}]",
-                unit="ex", disable=not config.progress,
+            progress = tqdm(  # across processes: the main process's share of the examples
+                total=len(self.seeds) * len(distributed.shard(self.splits.eval_examples).items),
+                desc=f"analyse [{name}]", unit="ex", disable=not config.progress or not distributed.is_main(),
             )  # fmt: skip
             with progress:
                 runs = [self._seed(engine, name, seed, variants, progress) for seed in self.seeds]
@@ -220,11 +232,26 @@ class _ModelRun:
             warnings_for(name, self.seeds, values, self.layout.task),
         )
 
+    def _join_shares(self, values: SeedValues, order: dict | None, records: Records | None):
+        """Every process's share of one seed joined in evaluation order, as a one-process run has it (one process:
+        its own); the records go to the main process only."""
+        values = join_shards(distributed.gather(values))
+        orders = distributed.gather(order)
+        if order is not None:
+            order = {
+                setting: tuple(np.concatenate([part[setting][i] for part in orders]) for i in range(2))
+                for setting in order
+            }
+        if records is not None:
+            for part in distributed.gather(records, to_main=True):
+                self.records.extend(part)
+        return values, order
+
     def _kendall_source(self, engine: Engine) -> str | None:
         """Which queries Kendall τ uses: the ones attention used, or (position-free queries) the projection's."""
         if not engine.probe.fallback:
             return "attention queries"
-        if engine.probe.has_projected_queries and not rotates_queries(engine.model):
+        if engine.probe.has_projected_queries and not engine.geometry.rotates_queries:
             return (
                 "query projection (the model applies no rotary embedding, so these are attention's queries)"
             )
@@ -249,7 +276,7 @@ class _ModelRun:
 
         # Every FT variant, trained from zero on its own sequences with the same rate.
         states, kendall, losses, info = {}, {}, {}, {}
-        inputs = VariantInputs(layout, demos, seed, config.random_labels, self.other)
+        inputs = VariantInputs(layout, demos, seed, other=self.other)
         for variant in variants:
             training = variant.training_data(inputs)
             aligned = training.demos is not None and source is not None
@@ -271,7 +298,7 @@ class _ModelRun:
                         variant.name,
                         len(icl_positions),
                     )
-                rotary = not engine.probe.fallback and rotates_queries(engine.model)
+                rotary = not engine.probe.fallback and engine.geometry.rotates_queries
                 kendall[variant.name] = KendallInputs(
                     icl_positions,
                     ft_indices,
@@ -283,12 +310,15 @@ class _ModelRun:
         prefix = engine.prefix(context, moments=True)
         demo_moment = engine.moments.take()
         zero = engine.scorer.prefix(layout.zero_shot_context())
+        # This process's share of the evaluation examples: all of them in a one-process run (distributed.py).
+        share = distributed.shard(splits.eval_examples)
+        share_records = Records().begin(name, seed) if self.records is not None else None
         collector = SeedCollector(
             seed=seed, bootstrap_seed=config.bootstrap_seed, start=len(layout.start_ids), context_length=len(context),
             num_layers=engine.probe.num_layers, kendall=kendall, kendall_n=config.kendall_n, topk=config.topk,
-            output_topk=config.output_topk, records=self.records.begin(name, seed) if self.records else None,
+            output_topk=config.output_topk, records=share_records, offset=share.offset,
         )  # fmt: skip
-        examples = splits.eval_examples
+        examples = share.items
         chunk_size = 4 * config.batch_size  # the scorer batches a chunk's examples by length
         for start in range(0, len(examples), chunk_size):
             chunk = examples[start : start + chunk_size]
@@ -297,7 +327,7 @@ class _ModelRun:
             ft = {v.name: engine.evaluate(zero, chunk, states[v.name]) for v in variants}
             collector.add(chunk, zsl, icl, ft)
             progress.update(len(chunk))
-        query_moment = engine.moments.take()
+        query_moment = distributed.sum_tensors(engine.moments.take())
         weights = {}
         for variant in variants:
             engine.load_state(states[variant.name])
@@ -317,6 +347,7 @@ class _ModelRun:
                 engine, demos, examples, lr, seed, config.order_permutations, in_order, config.bootstrap_seed
             )
             progress.set_postfix_str("")
+        values, order = self._join_shares(values, order, share_records)
         engine.load_state(engine.zero_state)
         seed_info = SeedInfo(
             seed=seed,

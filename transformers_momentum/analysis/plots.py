@@ -45,7 +45,12 @@ def plot_per_layer(result: AnalysisResult, out_dir: str | Path) -> list[Path]:
     _line(ax, gd.simaou, "SimAOU (ICL vs FT)", color="C0")
     _line(ax, main.simaou_uniform_null, "Uniform[0,1) null", color="grey", linestyle=":")
     _line(ax, gd.simaou_shuffled_null, "shuffled-example null", color="grey", linestyle="--")
-    for name, color in (("lcgd", "C1"), ("random_label", "C2"), ("other_task", "C5")):
+    for name, color in (
+        ("lcgd", "C1"),
+        ("random_label", "C2"),
+        ("flipped_label", "C6"),
+        ("other_task", "C5"),
+    ):
         if name in main.comparisons:
             _line(ax, main.comparisons[name].simaou, f"{name} FT", color=color)
     if untrained is not None:

@@ -33,16 +33,10 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..architectures import (
-    attention_modules,
-    get_architecture,
-    plain_dot_product_scores,
-    query_projection,
-    text_config,
-    unwrap_peft,
-)
+from ..architectures import text_config, unwrap_peft
 from ..attention_interface import original_attention_function, register_wrapped_attention
 from .errors import AnalysisInputError
+from .geometry import AttentionGeometry
 
 _PREFIX = "tm_probe:"
 
@@ -61,7 +55,8 @@ class _ScoresInside(TorchFunctionMode):
             query, key = args[0].detach().float(), args[1].detach().float()
             key = key.repeat_interleave(query.shape[-3] // key.shape[-3], dim=-3)
             scale = kwargs.get("scale") or query.shape[-1] ** -0.5
-            self.scores = query @ key.transpose(-1, -2) * scale
+            with torch.autocast(query.device.type, enabled=False):  # fp32 scores under mixed precision too
+                self.scores = query @ key.transpose(-1, -2) * scale
         elif func in (torch.softmax, nn.functional.softmax, torch.Tensor.softmax):
             self.scores = args[0].detach()
         return func(*args, **kwargs)
@@ -108,21 +103,15 @@ class AttentionProbe:
 
     Use :meth:`record_eval` / :meth:`record_train` as context managers around forwards; outside them nothing is
     recorded and the model computes exactly what it computed before. :meth:`remove` restores the original
-    attention implementation.
+    attention implementation. `geometry` is the model's `AttentionGeometry` (the engine hands down the one it
+    computed; read from the model when not given).
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, geometry: AttentionGeometry | None = None):
         self.model = model
         base = unwrap_model(model)
-        try:
-            get_architecture(base)
-            self.modules = attention_modules(base)
-        except (ValueError, AttributeError, TypeError) as error:
-            raise AnalysisInputError(
-                f"No attention modules found in {type(base).__name__}: {error}"
-            ) from None
-        if not self.modules or any(m is None for m in self.modules):
-            raise AnalysisInputError(f"No attention modules found in {type(base).__name__}.")
+        self.geometry = geometry = geometry or AttentionGeometry.of(base)
+        self.modules = list(geometry.modules)
         self.num_layers = len(self.modules)
         self._layer_of = {id(m): i for i, m in enumerate(self.modules)}
         self._mode: str | None = None
@@ -140,7 +129,7 @@ class AttentionProbe:
         self._hooks = [m.register_forward_hook(self._output_hook) for m in self.modules]
         # Queries before the rotary embedding: with RoPE, q'_j·q of the FT Kendall side also depends on the two
         # tokens' positions, which the paper's absolute-position GPT did not have.
-        projections = [query_projection(m, base.config) for m in self.modules]
+        projections = geometry.query_projections
         self.has_projected_queries = all(p is not None for p in projections)
         if self.has_projected_queries:
             self._hooks += [
@@ -161,8 +150,8 @@ class AttentionProbe:
             # from inside their forward (the softmax input, or the q·kᵀ of their own sdpa call).
             self._inside: dict[int, _ScoresInside] = {}
             self._hooks += [m.register_forward_pre_hook(self._enter_scores) for m in self.modules]
-            key_name = get_architecture(base).kv.key
-            if plain_dot_product_scores(base) and self.has_projected_queries and key_name is not None:
+            key_name = geometry.spec.kv.key
+            if geometry.plain_scores and self.has_projected_queries and key_name is not None:
                 self.exact_scores = True
                 self._hooks += [
                     getattr(m, key_name).register_forward_hook(self._make_key_hook(i))
@@ -190,7 +179,8 @@ class AttentionProbe:
             return
         if scaling is None:  # what sdpa and the eager functions default to
             scaling = query.shape[-1] ** -0.5
-        with torch.no_grad():
+        # Autocast off: under the engine's mixed precision the einsum below would run (and return) in bf16.
+        with torch.no_grad(), torch.autocast(query.device.type, enabled=False):
             if self._mode == "train":
                 # (batch 1, heads, T, d) -> (T, heads*d), scaled as in the paper's code (q·head_dim^-0.5).
                 self._train_queries[layer] = (
@@ -289,7 +279,9 @@ class AttentionProbe:
         self._mode = "ping"
         try:
             with torch.no_grad():
-                base(input_ids=torch.tensor([[start, start]], device=base.device), use_cache=False)
+                # the embeddings' execution device: `base.device` is meta when they are offloaded
+                ids = torch.tensor([[start, start]], device=self.geometry.input_device)
+                base(input_ids=ids, use_cache=False)
         finally:
             self._mode = None
         return len(self._seen) == self.num_layers

@@ -77,10 +77,21 @@ class PromptLayout:
         else:
             raise AnalysisInputError(f"separator must be 'eos' or 'newline', got {separator!r}.")
         self.label_ids: list[list[int]] = [self._label_tokens(word) for word in task.label_words]
-        if len({tuple(ids) for ids in self.label_ids}) != len(self.label_ids):
-            raise AnalysisInputError(
-                f"Task {task.name!r}: two label words tokenize identically: {task.label_words}."
-            )
+        self._check_distinct_labels()
+
+    def _check_distinct_labels(self) -> None:
+        """Two label words with the same label tokens would get the same score (a tokenizer that lowercases or
+        normalises them, or maps both to one token): the prediction between them would be arbitrary."""
+        first: dict[tuple[int, ...], int] = {}
+        for label, ids in enumerate(self.label_ids):
+            other = first.setdefault(tuple(ids), label)
+            if other != label:
+                words = self.task.label_words
+                raise AnalysisInputError(
+                    f"Task {self.task.name!r}: the label words {words[other]!r} (label {other}) and {words[label]!r} "
+                    f"(label {label}) tokenize identically (tokens {ids}), so they cannot be told apart; choose "
+                    "label words the tokenizer keeps distinct."
+                )
 
     def _encode(self, text: str) -> list[int]:
         if self.newline == "eos" and "\n" in text:

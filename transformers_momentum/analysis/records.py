@@ -2,7 +2,7 @@
 
 One compressed numpy archive (`numpy.savez_compressed`, read with ``numpy.load(path)``; no pickled objects). Keys are
 ``<model>/seed<s>/<name>``, with ``<model>`` = ``pretrained`` or ``untrained``, ``<setting>`` = ``zsl``, ``icl`` or
-an FT variant (``gd``, ``lcgd``, ``random_label``, ``other_task``); N examples, L layers, H heads:
+an FT variant (``gd``, ``lcgd``, ``random_label``, ``flipped_label``, ``other_task``); N examples, L layers, H heads:
 
 | name | shape | what |
 |---|---|---|
@@ -58,6 +58,12 @@ class Records:
         if m_icl is not None:
             self._put(f"kendall_icl/{name}", np.stack(m_icl))
             self._put(f"kendall_ft/{name}", np.stack(m_ft))
+
+    def extend(self, other: Records) -> Records:
+        """Append `other`'s arrays key by key: the records of the next share of the examples (`distributed`)."""
+        for key, chunks in other.arrays.items():
+            self.arrays[key].extend(chunks)
+        return self
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         out = {}

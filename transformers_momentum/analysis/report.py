@@ -1,10 +1,10 @@
 """report.md (one table over the results schema, beside the paper's numbers), results.json, plots, records.npz.
 
 Every row of the report's table is one metric of the schema (`results.AnalysisResult`), defined once in `ROWS`;
-its columns are the main comparison (vanilla GD on the pretrained model) with its interval and seed spread, the
-published numbers, and the controls. `render_task_table` lays the same rows out over tasks. Outputs are written
-into a temporary sibling folder that is renamed to the output folder only once complete, so an error never leaves
-a half-written output folder behind.
+its columns are the main comparison (vanilla GD on the pretrained model) with its crossed interval (seeds and
+examples resampled), its examples-only interval and seed spread, the published numbers, and the controls.
+`render_task_table` lays the same rows out over tasks. Outputs are written into a temporary sibling folder that is
+renamed to the output folder only once complete, so an error never leaves a half-written output folder behind.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from ..assets import staging_folder
 from .results import AnalysisResult
-from .statistics import WILSON, Estimate
+from .statistics import FEW_SEEDS, WILSON, Estimate, few_seeds_note
 
 # The paper's numbers (Dai et al. 2023, ACL version, Tables 1-5), per task: (GPT 1.3B, GPT 2.7B).
 PAPER = {
@@ -90,6 +90,7 @@ ROWS = (
 CONTROL_COLUMNS = (
     ("pretrained", "lcgd", "LCGD", "lcgd"),
     ("pretrained", "random_label", "random-label FT", None),
+    ("pretrained", "flipped_label", "flipped-label FT", None),
     ("pretrained", "other_task", "other-task FT", None),
     ("untrained", "gd", "untrained model", "untrained"),
 )
@@ -121,13 +122,62 @@ def _value(value) -> float | None:
     return value.mean if isinstance(value, Estimate) else value
 
 
+def _interval(ci: list[float] | None, digits: int) -> str:
+    return f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else ""
+
+
 def _with_ci(value, digits: int) -> str:
     text = _fmt(_value(value), digits)
     if isinstance(value, Estimate) and value.ci95:
-        text += f" [{value.ci95[0]:.{digits}f}, {value.ci95[1]:.{digits}f}]" + (
-            "ᵂ" if value.interval == WILSON else ""
-        )
+        text += " " + _interval(value.ci95, digits) + ("ᵂ" if value.interval == WILSON else "")
     return text
+
+
+def _intervals_line(n_seeds: int) -> str:
+    """The report's statement of what every interval is over."""
+    rest = (
+        "accuracies marked ᵂ are Wilson score intervals (every seed gives the same outcome on each example, as "
+        "ZSL's always do). The `CI, examples only` column holds the seeds' demonstrations fixed. The seed-to-seed "
+        "spread is the `seed SD` column and the per-seed table."
+    )
+    if n_seeds < 2:
+        return (
+            "- **Intervals** are 95% percentile bootstrap intervals over evaluation examples: with one demonstration "
+            "seed, Owen's pigeonhole bootstrap over seeds × examples (Owen 2007) has no seed to resample; "
+            + rest
+        )
+    return (
+        "- **Intervals** are 95% intervals over both demonstration seeds and evaluation examples: Owen's pigeonhole "
+        f"bootstrap (Owen 2007) resamples the {n_seeds} demonstration seeds and the evaluation examples "
+        "independently and takes the mean of the resampled seed × example table (percentile interval), so it covers "
+        "what other demonstrations and other examples would give; " + rest
+    )
+
+
+def _label_controls(result: AnalysisResult) -> list[str]:
+    """What the label controls did: how many random labels kept their gold label, the flipped mapping."""
+    comparisons = result.models["pretrained"].comparisons
+    lines = []
+    if "random_label" in comparisons:
+        info = comparisons["random_label"].info
+        kept = sum(i.get("labels_kept", 0) for i in info)
+        total = sum(len(i.get("labels", [])) for i in info)
+        chance = info[0].get("chance") if info else None
+        expected = f" ({chance * total:.1f} expected at chance)" if chance is not None and total else ""
+        lines.append(
+            f"- **Random-label FT** (Min et al. 2022): every demonstration's label drawn uniformly from the label set; "
+            f"{kept} of {total} demonstrations over all seeds kept their gold label{expected}; per seed below."
+        )
+    if "flipped_label" in comparisons:
+        info = comparisons["flipped_label"].info
+        mapping = info[0].get("mapping", []) if info else []
+        words = (info[0].get("label_words") if info else None) or [str(c) for c in range(len(mapping))]
+        shown = ", ".join(f"{words[a]} → {words[b]}" for a, b in enumerate(mapping)) or "n/a"
+        lines.append(
+            f"- **Flipped-label FT** (Wei et al. 2023): every label mapped consistently to another class ({shown}); "
+            "no demonstration keeps its gold label."
+        )
+    return lines
 
 
 def render_report(result: AnalysisResult) -> str:
@@ -142,19 +192,21 @@ def render_report(result: AnalysisResult) -> str:
         f"learning rates {[s.lr for s in seeds]} (tuning split: {run['tuning_split']})",
         f"- analysis position: {config['analysis_position']}; data: {run['data_source']}; {run['dtype']} on "
         f"{', '.join(run['devices'])}, batch {config['batch_size']}; wall time {run['wall_seconds']} s",
-        "- **Intervals** are 95% intervals over evaluation examples, the unit that varies: every seed evaluates the "
-        "same examples, so seeds are averaged within an example before resampling (a cluster bootstrap, percentile); "
-        "accuracies marked ᵂ are Wilson score intervals (one outcome per example). The seed-to-seed spread is the "
-        "`seed SD` column (standard deviation of the per-seed estimates) and the per-seed table.",
+        _intervals_line(len(seeds)),
         "- Published numbers: Dai et al. 2023 (ACL), GPT 1.3B / 2.7B, one tuned seed, 56-2000 evaluation examples; "
         "Deutch et al. 2024 (D), GPT 1.3B, mean of 3 seeds.",
     ]
+    if len(seeds) < FEW_SEEDS:
+        lines.append(f"- **{few_seeds_note(len(seeds))}**")
+    lines += _label_controls(result)
     if result.warnings:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in result.warnings]
-    present = [c for c in CONTROL_COLUMNS if any(cell(result, r, c[0], c[1]) is not None for r in ROWS)]
-    header = ["metric", "ours (vanilla GD) [95% CI]", "seed SD", "paper 1.3B / 2.7B", "D (GD)"] + [
-        c[2] for c in present
-    ]
+    # A column per control that ran (a model-level row has a value for any variant, so ask the comparisons).
+    present = [c for c in CONTROL_COLUMNS if c[1] in getattr(result.models.get(c[0]), "comparisons", {})]
+    header = [
+        "metric", "ours (vanilla GD) [95% CI, seeds × examples]", "CI, examples only", "seed SD",
+        "paper 1.3B / 2.7B", "D (GD)",
+    ] + [c[2] for c in present]  # fmt: skip
     lines += ["", "## Results", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in ROWS:
         main = cell(result, row)
@@ -165,8 +217,10 @@ def render_report(result: AnalysisResult) -> str:
         published = f"{_fmt(paper[0], row.digits)} / {_fmt(paper[1], row.digits)}" if paper else ""
         deutch = DEUTCH.get(f"{row.deutch}_gd", {}).get(task) if row.deutch else None
         spread = main.seed_sd if isinstance(main, Estimate) else None
-        cells = [row.label, _with_ci(main, row.digits), _fmt(spread, row.digits) if spread is not None else "",
-                 published, _fmt(deutch, row.digits) if deutch is not None else ""]  # fmt: skip
+        examples_only = _interval(main.ci95_examples_only, row.digits) if isinstance(main, Estimate) else ""
+        cells = [row.label, _with_ci(main, row.digits), examples_only,
+                 _fmt(spread, row.digits) if spread is not None else "", published,
+                 _fmt(deutch, row.digits) if deutch is not None else ""]  # fmt: skip
         for model, variant, _, suffix in present:
             if row.scope == "model" and model == "pretrained":
                 cells.append("")

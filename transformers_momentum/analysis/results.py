@@ -3,15 +3,22 @@
     AnalysisResult
     ├── config                      AnalysisConfig as a dict (everything that decides the numbers)
     ├── run                         model, data, token layout, versions, wall time
-    ├── statistics                  what every interval is over
+    ├── statistics                  what every interval is over (statistics.describe_intervals)
     ├── models["pretrained"]        ModelResult; models["untrained"] with the untrained-model control
     │   ├── accuracy_zsl, accuracy_icl, simam_before, simaou_uniform_null, ...   Estimate (settings without FT)
-    │   ├── comparisons["gd" | "lcgd" | "random_label" | "other_task"]             ComparisonResult (ICL vs one FT)
+    │   ├── comparisons["gd" | "lcgd" | "random_label" | "flipped_label" | "other_task"]
+    │   │                                                                          ComparisonResult (ICL vs one FT)
     │   └── order                                                                  OrderResult (Shen et al.)
     ├── seeds                       SeedInfo per demonstration seed (k, lr, lr search, demos)
     └── warnings                    things the reader must know (FT collapsed to one class, ...)
 
-Every metric is an `Estimate` (mean, 95% interval over evaluation examples, per-layer means, per-seed means).
+Every metric is an `Estimate`: the mean; `ci95`, the 95% interval that resamples demonstration seeds and evaluation
+examples together (Owen's pigeonhole bootstrap), with `interval` saying what it is over; `ci95_examples_only`, the
+interval over examples with the seeds' demonstrations held fixed; `n` examples and `n_seeds` seeds; per-layer means;
+and each seed's own value (`per_seed`, `seed_sd`).
+
+Schema 3 (crossed intervals, the `flipped_label` control, `random_label` drawn uniformly) replaced schema 2, whose
+`ci95` was over examples only and whose `random_label` was a derangement; files of schema 2 are refused, not misread.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from typing import Any
 
 from .statistics import Estimate
 
-SCHEMA = "transformers-momentum/analysis/2"
+SCHEMA = "transformers-momentum/analysis/3"
 
 
 @dataclass
@@ -60,7 +67,7 @@ class ComparisonResult:
     output_topk: Estimate
     weight_space: WeightSpace | None
     ft_losses: list[list[float]]  # per seed, per SGD step
-    info: list[dict] = field(default_factory=list)  # per seed (random labels kept, other task, ...)
+    info: list[dict] = field(default_factory=list)  # per seed: labels used and kept, flip mapping, other task
 
 
 @dataclass
@@ -173,10 +180,15 @@ class AnalysisResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AnalysisResult:
-        if data.get("schema") != SCHEMA:
-            raise ValueError(
-                f"not an analysis results file of schema {SCHEMA!r} (got {data.get('schema')!r})"
+        schema = data.get("schema")
+        if schema != SCHEMA:
+            earlier = isinstance(schema, str) and schema.startswith(SCHEMA.rsplit("/", 1)[0] + "/")
+            hint = (
+                "; it was written by an earlier version of the analyzer: rerun the analysis"
+                if earlier
+                else ""
             )
+            raise ValueError(f"not an analysis results file of schema {SCHEMA!r} (got {schema!r}){hint}")
         return cls(
             config=data["config"],
             run=data["run"],

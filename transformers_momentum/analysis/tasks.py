@@ -56,6 +56,30 @@ class TaskSpec:
     hub_fields: dict[str, str] = field(default_factory=dict)
     answer_prefix: str = " "
 
+    def __post_init__(self):
+        # A task is checked when it is defined, so a bad one fails before any data is read or any forward runs.
+        words = self.label_words
+        if isinstance(words, str) or not all(isinstance(w, str) for w in words):
+            raise AnalysisInputError(
+                f"Task {self.name!r}: label_words must be a sequence of strings, one per class; got {words!r}."
+            )
+        object.__setattr__(self, "label_words", tuple(words))  # frozen: lists become tuples once, here
+        if len(words) < 2:
+            raise AnalysisInputError(
+                f"Task {self.name!r}: a classification task needs at least two label words; got {list(words)}. "
+                "ICL and FT predictions are a choice among the label words."
+            )
+        empty = [i for i, w in enumerate(words) if not w.strip()]
+        if empty:
+            raise AnalysisInputError(
+                f"Task {self.name!r}: label word(s) {empty} (0-based) are empty; got {list(words)}."
+            )
+        repeated = sorted({w for w in words if words.count(w) > 1})
+        if repeated:
+            raise AnalysisInputError(
+                f"Task {self.name!r}: label word(s) {repeated} name more than one class; got {list(words)}."
+            )
+
     @property
     def fields(self) -> tuple[str, ...]:
         return tuple(name for _, name, _, _ in Formatter().parse(self.template) if name)
@@ -140,6 +164,7 @@ def check_split(task: TaskSpec, rows: Dataset, what: str, source: str) -> Datase
             f"Task {task.name!r}: the {what} split from {source} lacks the field(s) {missing}; it has "
             f"{rows.column_names}."
         )
+    _check_texts(task, rows, what, source)
     labels = set(rows["label"])
     bad = sorted(
         (label for label in labels if not isinstance(label, int) or not 0 <= label < task.num_classes),
@@ -151,6 +176,26 @@ def check_split(task: TaskSpec, rows: Dataset, what: str, source: str) -> Datase
             f"(one per label word {list(task.label_words)})."
         )
     return rows
+
+
+def _missing_text(value) -> bool:
+    """None, NaN (pandas' missing cell in CSV/TSV files) or a string with nothing but whitespace."""
+    if value is None or (isinstance(value, float) and value != value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def _check_texts(task: TaskSpec, rows: Dataset, what: str, source: str) -> None:
+    """Every template field of every row has text: a None would be formatted as the string "None", an empty or
+    whitespace-only text as a prompt without an input."""
+    for name in task.fields:
+        bad = [i for i, value in enumerate(rows[name]) if _missing_text(value)]
+        if bad:
+            shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+            raise AnalysisInputError(
+                f"Task {task.name!r}: {len(bad)} row(s) of the {what} split from {source} have no text in the field "
+                f"{name!r} (missing, None or empty; rows {shown}). Drop or fill them."
+            )
 
 
 def check_task_data(task: TaskSpec, data: TaskData) -> TaskData:

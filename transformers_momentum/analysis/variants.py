@@ -3,12 +3,17 @@
 Every variant is one epoch of batch-1 SGD on k formatted sequences with the same learning rate; they differ in the
 training sequences and the loss:
 
-| name           | switched on by       | sequences                                   | loss                 | Kendall |
-|----------------|----------------------|---------------------------------------------|----------------------|---------|
-| `gd`           | always (Dai et al.)  | the demonstrations, in order                | token-mean NLL       | yes     |
-| `lcgd`         | control `lcgd`       | the demonstrations, in order                | layer-causal (Deutch)| yes     |
-| `random_label` | control `random_label` | the demonstrations with wrong labels      | token-mean NLL       | yes     |
-| `other_task`   | control `other_task` | k demonstrations of another task, its format | token-mean NLL      | no      |
+| name            | switched on by          | sequences                                          | loss                  | Kendall |
+|-----------------|-------------------------|----------------------------------------------------|-----------------------|---------|
+| `gd`            | always (Dai et al.)     | the demonstrations, in order                       | token-mean NLL        | yes     |
+| `lcgd`          | control `lcgd`          | the demonstrations, in order                       | layer-causal (Deutch) | yes     |
+| `random_label`  | control `random_label`  | the demonstrations, labels drawn uniformly (Min)   | token-mean NLL        | yes     |
+| `flipped_label` | control `flipped_label` | the demonstrations, labels flipped (Wei)           | token-mean NLL        | yes     |
+| `other_task`    | control `other_task`    | k demonstrations of another task, its format       | token-mean NLL        | no      |
+
+Random labels (Min et al. 2022) are drawn uniformly from the label set, so a demo keeps its gold label at chance
+(the count is in the variant's info); flipped labels (Wei et al. 2023) map every label by one fixed derangement (the
+other class on binary tasks): `controls.random_label_demos` and `controls.flipped_label_demos`.
 
 Kendall τ compares ICL's attention to the demonstration tokens with FT's query similarity to the training tokens,
 so it needs the two token lists to line up: a variant's training token and a context token pair up when they sit at
@@ -23,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .controls import random_label_demos
+from .controls import flipped_label_demos, random_label_demos
 from .prompt import Context, PromptLayout
 
 
@@ -34,7 +39,6 @@ class VariantInputs:
     layout: PromptLayout
     demos: list[dict]
     seed: int
-    random_labels: str = "derangement"
     other: tuple[PromptLayout, object] | None = None  # (layout, demo pool) of the other task
 
 
@@ -61,13 +65,22 @@ def _demonstrations(inputs: VariantInputs) -> TrainingData:
 
 
 def _random_labels(inputs: VariantInputs) -> TrainingData:
-    demos, kept = random_label_demos(
-        inputs.demos,
-        inputs.layout.task.num_classes,
-        seed=inputs.seed + 7919,
-        derangement=inputs.random_labels == "derangement",
-    )
-    info = {"labels_kept": kept, "labels": [int(d["label"]) for d in demos], "mode": inputs.random_labels}
+    classes = inputs.layout.task.num_classes
+    # An offset keeps this draw apart from the demonstration draw of the same seed.
+    demos, kept = random_label_demos(inputs.demos, classes, seed=inputs.seed + 7919)
+    info = {"labels_kept": kept, "labels": [int(d["label"]) for d in demos], "chance": 1.0 / classes}
+    return TrainingData([inputs.layout.ft_sequence(d) for d in demos], demos, info)
+
+
+def _flipped_labels(inputs: VariantInputs) -> TrainingData:
+    task = inputs.layout.task
+    demos, mapping = flipped_label_demos(inputs.demos, task.num_classes)
+    info = {
+        "labels_kept": 0,
+        "labels": [int(d["label"]) for d in demos],
+        "mapping": mapping,  # label id -> the id it is trained as
+        "label_words": list(task.label_words),
+    }
     return TrainingData([inputs.layout.ft_sequence(d) for d in demos], demos, info)
 
 
@@ -83,7 +96,8 @@ FT_VARIANTS: dict[str, FTVariant] = {
     for v in (
         FTVariant("gd", None, "gd", "vanilla GD (Dai et al.)", _demonstrations),
         FTVariant("lcgd", "lcgd", "lcgd", "layer-causal GD (Deutch et al.)", _demonstrations),
-        FTVariant("random_label", "random_label", "gd", "random-label FT", _random_labels),
+        FTVariant("random_label", "random_label", "gd", "random-label FT (Min et al.)", _random_labels),
+        FTVariant("flipped_label", "flipped_label", "gd", "flipped-label FT (Wei et al.)", _flipped_labels),
         FTVariant("other_task", "other_task", "gd", "FT on another task", _other_task),
     )
 }

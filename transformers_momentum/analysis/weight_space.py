@@ -14,29 +14,40 @@ import contextlib
 import torch
 from torch import nn
 
-from ..architectures import attention_modules, get_architecture, head_geometry, unwrap_peft
 from ..kv_tuning import kv_deltas
+from .geometry import AttentionGeometry
 from .metrics import head_cosines
+
+
+def _stored(module: nn.Module, name: str) -> torch.Tensor | None:
+    """`module`'s tensor `name` as stored: an offloaded module (accelerate's hook, weights on the meta device between
+    forwards) keeps the values in its hook's weights map, in CPU memory or on disk."""
+    tensor = getattr(module, name, None)
+    if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+        weights_map = getattr(getattr(module, "_hf_hook", None), "weights_map", None)
+        if weights_map is not None and name in weights_map:
+            return weights_map[name]
+    return tensor
 
 
 class KVInputSecondMoment:
     """Streams ``S_l = Σ_t x̃_t x̃_tᵀ`` of the key/value projections' input x̃ = [x; 1], per layer, in float64.
 
     Only models with separate key and value projections fed the same input are supported (``supported`` is False
-    otherwise). Inside :meth:`accumulate`, every forward adds the tokens selected by its mask.
+    otherwise). Inside :meth:`accumulate`, every forward adds the tokens selected by its mask. `geometry` is the
+    model's `AttentionGeometry` (read from the model when not given).
     """
 
-    def __init__(self, model: nn.Module):
-        base = unwrap_peft(model)
-        spec = get_architecture(base)
-        self.supported = spec.kv.fused is None
+    def __init__(self, model: nn.Module, geometry: AttentionGeometry | None = None):
+        self.geometry = geometry = geometry or AttentionGeometry.of(model)
+        self.supported = geometry.separate_kv
         self.moments: list[torch.Tensor | None] = []
         self.mask: torch.Tensor | None = None
         self._hooks = []
         if not self.supported:
             return
-        self.key_modules = [getattr(m, spec.kv.key) for m in attention_modules(base)]
-        self.value_modules = [getattr(m, spec.kv.value) for m in attention_modules(base)]
+        self.key_modules = geometry.key_modules()
+        self.value_modules = geometry.value_modules()
         self.moments = [None] * len(self.key_modules)
         for layer, module in enumerate(self.key_modules):
             self._hooks.append(module.register_forward_pre_hook(self._make_hook(layer)))
@@ -80,7 +91,7 @@ def weight_space_cosines(
     if any(m is None for m in demo_moment) or any(m is None for m in query_moment):
         return None
     deltas = kv_deltas(peft_model)
-    head_dim = head_geometry(unwrap_peft(peft_model))[2]
+    head_dim = moments.geometry.head_dim
     result = []
     for layer, (key_module, value_module) in enumerate(
         zip(moments.key_modules, moments.value_modules, strict=True)
@@ -88,10 +99,11 @@ def weight_space_cosines(
         tilde = []
         for module, role in ((key_module, "k"), (value_module, "v")):
             inner = getattr(module, "base_layer", module)
-            weight = inner.weight.detach().double().cpu()
+            weight = _stored(inner, "weight").detach().double().cpu()
+            stored_bias = _stored(inner, "bias")
             bias = (
-                inner.bias.detach().double().cpu()
-                if inner.bias is not None
+                stored_bias.detach().double().cpu()
+                if stored_bias is not None
                 else torch.zeros(weight.shape[0], dtype=torch.float64)
             )
             delta = deltas.get(layer, {})

@@ -154,8 +154,10 @@ class _Hub:
     """The `HfApi` calls of one publish, each retried on transient errors and mapped to one `PublishError` line."""
 
     def __init__(self, api, repo_id: str, max_attempts: int, backoff_seconds: float):
+        if not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ValueError(f"max_attempts must be a positive integer (1 or more), got {max_attempts!r}")
         self.api, self.repo_id = api, repo_id
-        self.max_attempts, self.backoff_seconds = max(1, max_attempts), backoff_seconds
+        self.max_attempts, self.backoff_seconds = max_attempts, backoff_seconds
         self.user: str | None = None
         self.notes: list[str] = []  # the calls that needed another attempt
 

@@ -24,16 +24,47 @@ def _model_dtype(model) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
 def model_curve(model, prompts: RegressionPrompts, n_dims: int) -> torch.Tensor:
     """Normalised squared error of a MomentumGPT regression model at every k: (n_prompts, P)."""
-    dtype = _model_dtype(model)
+    dtype, device = _model_dtype(model), _model_device(model)
     errors = []
     for start in range(0, len(prompts), _BATCH):
         chunk = prompts[start : start + _BATCH]
-        predictions = model(chunk.xs.to(dtype), chunk.ys.to(dtype)).predictions
+        predictions = model(chunk.xs.to(device, dtype), chunk.ys.to(device, dtype)).predictions.cpu()
         errors.append(normalized_squared_error(predictions, chunk.ys, n_dims))
     return torch.cat(errors)
+
+
+def anchor_gap(curve: torch.Tensor, reference: torch.Tensor, ks: Sequence[int]) -> float:
+    """The gate's regression quantity: max over `ks` of (model error - reference learner error), both mean
+    curves over prompts (1-D, indexed by k)."""
+    return max(float(curve[k] - reference[k]) for k in ks)
+
+
+def regression_anchor_measure(
+    prompts: RegressionPrompts, reference: torch.Tensor, ks: Sequence[int], n_dims: int
+):
+    """`measure(model)` for `AnchorProbe`: the anchor gap on held-out `prompts` (the reference curve measured on
+    the same prompts)."""
+
+    def measure(model) -> float:
+        return anchor_gap(model_curve(model, prompts, n_dims).mean(0), reference, ks)
+
+    return measure
+
+
+def mqar_anchor_measure(task: MQARTask, n_prompts: int, seed: int):
+    """`measure(model)` for `AnchorProbe`: 1 - accuracy with the most key-value pairs, on held-out prompts."""
+
+    def measure(model) -> float:
+        return 1.0 - mqar_accuracy(model, task, [task.max_kv_pairs], n_prompts, seed)[task.max_kv_pairs]
+
+    return measure
 
 
 @torch.no_grad()
@@ -50,16 +81,16 @@ def lsa_curve(model, prompts: RegressionPrompts, n_dims: int, ks: Sequence[int])
 def layer_outputs(model, prompts: RegressionPrompts, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per layer, the prediction at x_{k+1} after k examples and its sensitivity d(prediction)/d(x_{k+1}):
     shapes (L, n) and (L, n, d)."""
-    dtype = _model_dtype(model)
-    xs = prompts.xs[:, : k + 1].to(dtype).clone().requires_grad_(True)
-    ys = prompts.ys[:, : k + 1].to(dtype)
+    dtype, device = _model_dtype(model), _model_device(model)
+    xs = prompts.xs[:, : k + 1].to(device, dtype).clone().requires_grad_(True)
+    ys = prompts.ys[:, : k + 1].to(device, dtype)
     predictions = _query_predictions(model, xs, ys)
     gradients = []
     for index, prediction in enumerate(predictions):
         # Each prompt's prediction depends on its own inputs only, so the gradient of the sum is per prompt.
         (gradient,) = torch.autograd.grad(prediction.sum(), xs, retain_graph=index < len(predictions) - 1)
         gradients.append(gradient[:, k])
-    return torch.stack(predictions).detach().double(), torch.stack(gradients).double()
+    return torch.stack(predictions).detach().double().cpu(), torch.stack(gradients).double().cpu()
 
 
 def alignment(
@@ -103,12 +134,12 @@ def alignment(
 def icl_update(model, prompts: RegressionPrompts, k: int, probes: torch.Tensor) -> torch.Tensor:
     """The change in-context learning makes to the model's predictions at the probe queries: prediction after the
     k demonstrations minus the zero-shot prediction (no demonstrations). probes (n, M, d) -> (n, M)."""
-    dtype = _model_dtype(model)
+    dtype, device = _model_dtype(model), _model_device(model)
     n, n_probe, n_dims = probes.shape
-    flat_probes = probes.reshape(n * n_probe, 1, n_dims).to(dtype)
+    flat_probes = probes.reshape(n * n_probe, 1, n_dims).to(device, dtype)
     zero = flat_probes.new_zeros(n * n_probe, 1)
-    context_x = prompts.xs[:, :k].to(dtype).repeat_interleave(n_probe, dim=0)
-    context_y = prompts.ys[:, :k].to(dtype).repeat_interleave(n_probe, dim=0)
+    context_x = prompts.xs[:, :k].to(device, dtype).repeat_interleave(n_probe, dim=0)
+    context_y = prompts.ys[:, :k].to(device, dtype).repeat_interleave(n_probe, dim=0)
     icl, zsl = [], []
     for start in range(0, n * n_probe, _BATCH * 4):
         part = slice(start, start + _BATCH * 4)
@@ -116,7 +147,7 @@ def icl_update(model, prompts: RegressionPrompts, k: int, probes: torch.Tensor) 
         ys = torch.cat([context_y[part], zero[part]], dim=1)
         icl.append(_query_predictions(model, xs, ys)[-1])
         zsl.append(_query_predictions(model, flat_probes[part], zero[part])[-1])
-    return (torch.cat(icl) - torch.cat(zsl)).double().reshape(n, n_probe)
+    return (torch.cat(icl) - torch.cat(zsl)).double().cpu().reshape(n, n_probe)
 
 
 def finetuning_updates(
@@ -194,19 +225,30 @@ def learner_curves(
 
 @torch.no_grad()
 def mqar_accuracy(
-    model, task: MQARTask, kv_counts: Sequence[int], n_prompts: int, seed: int
+    model, task: MQARTask, kv_counts: Sequence[int], n_prompts: int, seed: int, reassigned: dict | None = None
 ) -> dict[int, float]:
-    """Fraction of queried keys answered with their value (argmax at the query position), per number of pairs."""
+    """Fraction of queried keys answered with their value (argmax at the query position), per number of pairs.
+
+    With a `reassigned` dict and `task.reassign`, also fills `reassigned[count]` with the accuracy on the queries
+    of the re-assigned keys alone (whose answer is the latest value)."""
+    device = _model_device(model)
     accuracy = {}
     for count in kv_counts:
         input_ids, labels = task.sample(n_prompts, seed_generator(seed + count), num_kv_pairs=count)
-        correct = total = 0
+        late = task.reassigned_positions(input_ids)
+        correct = total = late_correct = late_total = 0
         for start in range(0, n_prompts, _BATCH):
             ids, target = input_ids[start : start + _BATCH], labels[start : start + _BATCH]
-            logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
+            logits = model(input_ids=ids.to(device), use_cache=False).logits[:, :-1].cpu()
             answer = target[:, 1:]
             mask = answer != IGNORE_INDEX
-            correct += (logits.argmax(-1)[mask] == answer[mask]).sum().item()
+            hits = logits.argmax(-1) == answer
+            correct += hits[mask].sum().item()
             total += mask.sum().item()
+            late_mask = late[start : start + _BATCH, 1:]
+            late_correct += hits[late_mask].sum().item()
+            late_total += late_mask.sum().item()
         accuracy[count] = correct / total
+        if reassigned is not None and late_total:
+            reassigned[count] = late_correct / late_total
     return accuracy

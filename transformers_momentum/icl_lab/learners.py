@@ -13,10 +13,21 @@ at the query is `w.x_q` (so its input sensitivity d(prediction)/d(x_q) is w itse
 * ``newton``: `steps` iterations of Newton's method for the inverse of `S = X^T X` (Fu et al., 2023):
   `M_0 = a S^T`, `M_{j+1} = 2 M_j - M_j S M_j`, and `w = M_j X^T y` (-> `ols`). Fu et al. write
   `a = 2 / ||S S^T||_2`, the edge of the iteration's convergence range `0 < a < 2 / ||S S^T||_2`, where the top
-  eigen-direction never converges; we take `a = 1 / ||S S^T||_2`.
+  eigen-direction never converges; we tune `a = c / ||S S^T||_2` over c in (0, 2) like the other learners' steps.
 
-Step sizes, momentum and lambda are tuned per number of examples k on held-out prompts (`tune_learners`), never on
-the evaluation prompts.
+Dai et al.'s own axis is the *token position*, not the layer: momentum attention adds an exponentially decayed sum
+of the earlier positions' values, `out_t = attn_t + sum_(i<t) eta^(t-i) v_i`. Its learner is one pass over the
+demonstrations in prompt order:
+
+* ``online_sgd``: `w_i = w_(i-1) - lr g_i` with `g_i = (w_(i-1).x_i - y_i) x_i`, i = 1..k, from w_0 = 0;
+* ``online_momentum_sgd``: `v_i = beta v_(i-1) + g_i`, `w_i = w_(i-1) - lr v_i`, i.e.
+  `w_i = w_(i-1) - lr sum_(j<=i) beta^(i-j) g_j`: momentum as an EMA over token positions.
+* ``kalman``: the exact posterior mean of w for prompts whose w drifts as a Gaussian random walk
+  (`DriftingRegressionTask`): an oracle that knows the drift and noise scales (with no drift it is the Bayes
+  posterior mean under w ~ N(0, I), i.e. ridge with lambda = noise variance; min-norm OLS without noise).
+
+Step sizes, momentum, lambda (0 included) and Newton's step scale are tuned per number of examples k on held-out
+prompts (`tune_learners`), never on the evaluation prompts.
 """
 
 from __future__ import annotations
@@ -36,6 +47,9 @@ def ols(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
 
 
 def ridge(xs: torch.Tensor, ys: torch.Tensor, lam: float) -> torch.Tensor:
+    """`(X^T X + lam I)^-1 X^T y`; lam = 0 is min-norm least squares (the limit lam -> 0+, defined for k < d too)."""
+    if lam == 0:
+        return ols(xs, ys)
     gram = xs.transpose(1, 2) @ xs
     eye = torch.eye(xs.shape[-1], dtype=xs.dtype)
     return torch.linalg.solve(gram + lam * eye, (xs.transpose(1, 2) @ ys[..., None]))[..., 0]
@@ -66,14 +80,58 @@ def momentum_gradient_descent(
     return gradient_descent(xs, ys, lr, steps, momentum=momentum)
 
 
-def newton_iterations(xs: torch.Tensor, ys: torch.Tensor, steps: int) -> torch.Tensor:
+def newton_iterations(xs: torch.Tensor, ys: torch.Tensor, steps: int, scale: float = 1.0) -> torch.Tensor:
+    """`steps` Newton-Schulz iterations for the inverse of S = X^T X from `M_0 = (scale / ||S S^T||_2) S^T`
+    (converges for 0 < scale < 2), then `w = M X^T y`."""
     gram = xs.transpose(1, 2) @ xs
     # ||S S^T||_2 = lambda_max(S)^2 for the symmetric PSD S; the clamp keeps an all-zero prompt finite.
-    scale = 1.0 / torch.linalg.matrix_norm(gram @ gram.transpose(1, 2), ord=2).clamp_min(1e-300)
+    scale = scale / torch.linalg.matrix_norm(gram @ gram.transpose(1, 2), ord=2).clamp_min(1e-300)
     inverse = scale[:, None, None] * gram.transpose(1, 2)
     for _ in range(steps):
         inverse = 2 * inverse - inverse @ gram @ inverse
     return (inverse @ xs.transpose(1, 2) @ ys[..., None])[..., 0]
+
+
+def online_momentum_sgd(xs: torch.Tensor, ys: torch.Tensor, lr: float, momentum: float = 0.0) -> torch.Tensor:
+    """One pass over the k demonstrations in prompt order, from w = 0: per example the squared-error gradient
+    `g_i = (w.x_i - y_i) x_i`, the velocity `v_i = momentum v_(i-1) + g_i` and `w <- w - lr v_i` (an EMA of the
+    per-position gradients, Dai et al.'s momentum on the token axis). `momentum = 0` is online SGD."""
+    w = xs.new_zeros(xs.shape[0], xs.shape[-1])
+    velocity = torch.zeros_like(w)
+    for i in range(xs.shape[1]):
+        x = xs[:, i]
+        gradient = ((w * x).sum(-1) - ys[:, i])[:, None] * x
+        velocity = momentum * velocity + gradient
+        w = w - lr * velocity
+    return w
+
+
+def online_sgd(xs: torch.Tensor, ys: torch.Tensor, lr: float) -> torch.Tensor:
+    """One pass of SGD (one example per step, prompt order) from w = 0."""
+    return online_momentum_sgd(xs, ys, lr, 0.0)
+
+
+def kalman_filter(
+    xs: torch.Tensor, ys: torch.Tensor, drift_std: float, noise_std: float, prior_std: float = 1.0
+) -> torch.Tensor:
+    """Posterior mean of the current w after the k demonstrations, for w_1 ~ N(0, prior_std^2 I),
+    w_i = w_(i-1) + drift_std * N(0, I) and y_i = w_i.x_i + noise_std * N(0, 1): the Bayes-optimal prediction of
+    the next y is this mean times the next x (the random walk does not move the mean)."""
+    n, k, d = xs.shape
+    mean = xs.new_zeros(n, d)
+    covariance = (prior_std**2) * torch.eye(d, dtype=xs.dtype).expand(n, d, d).clone()
+    eye = torch.eye(d, dtype=xs.dtype)
+    for i in range(k):
+        if i > 0:
+            covariance = covariance + drift_std**2 * eye
+        x = xs[:, i]
+        px = (covariance @ x[..., None])[..., 0]
+        innovation = ((x * px).sum(-1) + noise_std**2).clamp_min(1e-12)
+        gain = px / innovation[:, None]
+        mean = mean + gain * (ys[:, i] - (mean * x).sum(-1))[:, None]
+        covariance = covariance - gain[:, :, None] * px[:, None, :]
+        covariance = (covariance + covariance.transpose(1, 2)) / 2  # keep it symmetric in floating point
+    return mean
 
 
 @dataclass(frozen=True)
@@ -92,14 +150,19 @@ class Learner:
 
 _LR_GRID = tuple(float(x) for x in torch.logspace(-2, 0.6, 27, dtype=torch.float64))
 _MOMENTUM_GRID = (0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9)
-_RIDGE_GRID = tuple(float(x) for x in torch.logspace(-4, 1.5, 23, dtype=torch.float64))
+_RIDGE_GRID = (0.0,) + tuple(float(x) for x in torch.logspace(-4, 1.5, 23, dtype=torch.float64))
+_NEWTON_SCALE_GRID = (0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 1.9, 1.99)
+_ONLINE_LR_GRID = tuple(float(x) for x in torch.logspace(-2.5, 0.3, 29, dtype=torch.float64))
 
 
-def reference_learners(steps: int) -> dict[str, Learner]:
-    """The lab's learners; `steps` is the number of iterations of the iterative ones (one per model layer)."""
+def reference_learners(
+    steps: int, drift_std: float = 0.0, noise_std: float = 0.0, prior_std: float = 1.0
+) -> dict[str, Learner]:
+    """The lab's learners; `steps` is the number of iterations of the iterative ones (one per model layer). With
+    `drift_std > 0` the Kalman-filter oracle of the drifting task joins them."""
     learners = [
         Learner("ols", ols, description="min-norm least squares"),
-        Learner("ridge", ridge, {"lam": _RIDGE_GRID}, "ridge regression, lambda tuned"),
+        Learner("ridge", ridge, {"lam": _RIDGE_GRID}, "ridge regression, lambda tuned (0 included)"),
         Learner(
             "gd_1step",
             lambda xs, ys, lr: gradient_descent(xs, ys, lr, 1),
@@ -120,11 +183,43 @@ def reference_learners(steps: int) -> dict[str, Learner]:
         ),
         Learner(
             "newton",
-            lambda xs, ys: newton_iterations(xs, ys, steps),
-            description=f"{steps} Newton iterations for the inverse (Fu et al.)",
+            lambda xs, ys, scale: newton_iterations(xs, ys, steps, scale),
+            {"scale": _NEWTON_SCALE_GRID},
+            f"{steps} Newton iterations for the inverse (Fu et al.), step scale tuned",
+        ),
+        Learner(
+            "online_sgd",
+            online_sgd,
+            {"lr": _ONLINE_LR_GRID},
+            "one pass of SGD over the demonstrations in prompt order, lr tuned",
+        ),
+        Learner(
+            "online_momentum_sgd",
+            online_momentum_sgd,
+            {"lr": _ONLINE_LR_GRID, "momentum": _MOMENTUM_GRID},
+            "one pass of SGD with momentum (an EMA over token positions, Dai et al.'s axis), lr and momentum tuned",
         ),
     ]
+    if drift_std > 0:
+        learners.append(
+            Learner(
+                "kalman",
+                lambda xs, ys: kalman_filter(xs, ys, drift_std, noise_std, prior_std),
+                description="Kalman filter: the exact posterior mean under the task's drift (an oracle)",
+            )
+        )
     return {learner.name: learner for learner in learners}
+
+
+def online_momentum_at_eta(eta: float) -> Learner:
+    """Online momentum SGD with the momentum fixed to an arm's eta (lr tuned): the learner Dai et al.'s reading
+    says a momentum-attention model with that eta implements."""
+    return Learner(
+        "online_momentum_sgd_at_eta",
+        lambda xs, ys, lr: online_momentum_sgd(xs, ys, lr, eta),
+        {"lr": _ONLINE_LR_GRID},
+        f"one pass of momentum SGD over the demonstrations with momentum fixed to the arm's eta ({eta:.3g}), lr tuned",
+    )
 
 
 def learner_weights(

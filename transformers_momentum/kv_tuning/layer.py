@@ -6,6 +6,12 @@ move them, and their outputs are bit-for-bit the base outputs.
 
 Deltas are stored as [rows, in_features] whatever the base layer's orientation; `fan_in_fan_out` (peft's flag,
 True for transformers' `Conv1D`, which stores its weight as [in, out]) says how to line them up with the weight.
+
+Precision and placement, as mixed-precision training does it: deltas are at least fp32 whatever the base weight's
+dtype (a bf16 delta rounds away every update below 2^-8 of its own size), and a half-precision base layer gets the
+deltas' output added in fp32 and cast once to its output dtype. Deltas live on the device where the base weight is
+used: its own device, or, for a projection offloaded by accelerate (weight on the meta device between forwards,
+loaded by its `_hf_hook`), the hook's execution device.
 """
 
 import warnings
@@ -15,6 +21,34 @@ from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check_adapters_to_merge
 from peft.utils.other import transpose
 from torch import nn
+
+
+def delta_dtype(weight_dtype: torch.dtype) -> torch.dtype:
+    """The dtype deltas are kept in for a base weight of `weight_dtype`: at least fp32 (fp64 stays fp64)."""
+    if not weight_dtype.is_floating_point:  # quantized bases store integers
+        return torch.float32
+    return torch.promote_types(weight_dtype, torch.float32)
+
+
+def hook_execution_device(module: nn.Module) -> torch.device | None:
+    """The execution device of accelerate's hook on `module` (None without one): where an offloaded module's
+    weights are loaded for its forward. accelerate names accelerators by index; `torch.device(0)` maps an index to
+    the current accelerator type, as accelerate does."""
+    hook = getattr(module, "_hf_hook", None)
+    for candidate in getattr(hook, "hooks", None) or ([hook] if hook is not None else []):  # a SequentialHook
+        device = getattr(candidate, "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    return None
+
+
+def execution_device(module: nn.Module) -> torch.device:
+    """Where `module`'s weight is used: the execution device of its accelerate hook when it is offloaded (the
+    weight itself is then on meta), else the weight's own device (meta only for a model built on meta)."""
+    weight = module.weight
+    if weight.device.type == "meta":
+        return hook_execution_device(module) or weight.device
+    return weight.device
 
 
 class KVTuningLayer(nn.Module, BaseTunerLayer):
@@ -40,6 +74,9 @@ class KVTuningLayer(nn.Module, BaseTunerLayer):
         self.kv_tuning_roles: dict[str, list[tuple[str, int]]] = {}
         # adapter -> its deltas cover every output row in order (a separate key or value projection)
         self.kv_tuning_all_rows: dict[str, bool] = {}
+        # adapter -> the rows again, on the CPU and unregistered, so that no device move (peft's to the meta device
+        # of an offloaded base weight) can take them away
+        self._row_indices: dict[str, torch.Tensor] = {}
         # adapter -> the base rows before merging, so unmerge restores them exactly (not by subtraction)
         self._premerge: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._active_adapter = adapter_name
@@ -57,21 +94,43 @@ class KVTuningLayer(nn.Module, BaseTunerLayer):
         self, adapter_name: str, roles: dict[str, torch.Tensor | None], train_bias: bool
     ) -> None:
         """Add adapter `adapter_name`: zero deltas on the rows of each role (rows None: every row)."""
-        weight = self.get_base_layer().weight
+        base = self.get_base_layer()
+        device, dtype = execution_device(base), delta_dtype(base.weight.dtype)
         row_sets = {role: torch.arange(self.out_features) if r is None else r for role, r in roles.items()}
         rows = torch.cat(list(row_sets.values()))
         self.kv_tuning_weight[adapter_name] = nn.Parameter(
-            torch.zeros(len(rows), self.in_features, dtype=weight.dtype, device=weight.device)
+            torch.zeros(len(rows), self.in_features, dtype=dtype, device=device)
         )
-        if train_bias and getattr(self.get_base_layer(), "bias", None) is not None:
+        if train_bias and getattr(base, "bias", None) is not None:
             self.kv_tuning_bias[adapter_name] = nn.Parameter(
-                torch.zeros(len(rows), dtype=weight.dtype, device=weight.device)
+                torch.zeros(len(rows), dtype=dtype, device=device)
             )
-        rows_device = weight.device if weight.device.type != "meta" else torch.device("cpu")
-        self.kv_tuning_rows[adapter_name] = rows.to(rows_device)
+        self.kv_tuning_rows[adapter_name] = rows.to(device if device.type != "meta" else torch.device("cpu"))
+        self._row_indices[adapter_name] = rows
         self.kv_tuning_roles[adapter_name] = [(role, len(r)) for role, r in row_sets.items()]
         self.kv_tuning_all_rows[adapter_name] = len(roles) == 1 and next(iter(roles.values())) is None
         self.set_adapter(self.active_adapters)
+
+    def place_on_execution_device(self) -> None:
+        """Put deltas that ended up on the meta device back where the base weight executes, as zeros.
+
+        peft's `BaseTuner._replace_module` moves a new adapter to its base weight's device, which for an offloaded
+        projection is meta: the deltas would then have no storage. Fresh deltas are zero, so nothing is lost.
+        """
+        device = execution_device(self.get_base_layer())
+        if device.type == "meta":
+            return  # a model built on meta: its deltas are materialised with it
+        for group in self.adapter_layer_names:
+            parameters = getattr(self, group)
+            for adapter, parameter in list(parameters.items()):
+                if parameter.is_meta:
+                    parameters[adapter] = nn.Parameter(
+                        torch.zeros(parameter.shape, dtype=parameter.dtype, device=device),
+                        requires_grad=parameter.requires_grad,
+                    )
+        for adapter, rows in list(self.kv_tuning_rows.items()):
+            if rows.is_meta:
+                self.kv_tuning_rows[adapter] = self._row_indices[adapter].to(device)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # Check shapes before torch does: its "size mismatch ... copying a param" does not tell the user that the
@@ -129,19 +188,25 @@ class KVTuningLayer(nn.Module, BaseTunerLayer):
         adapters = [a for a in self.active_adapters if a in self.kv_tuning_weight]
         if not adapters:
             return self.base_layer(x, *args, **kwargs)
-        if self._can_fold(adapters):
+        # Under autocast the folded W + ΔW would be cast to half precision as a whole, rounding away every ΔW below
+        # W's resolution; the separate output below keeps the delta's contribution at its own precision.
+        if self._can_fold(adapters) and not torch.is_autocast_enabled(x.device.type):
             return self._forward_effective_weight(x, adapters)
-        # Deltas in another dtype than the base (peft upcasts adapters of bf16 models), or a base layer whose weight
-        # only exists inside its own forward (offloaded): add the deltas' output separately, so the base rows are
-        # still computed exactly as the base layer computes them.
-        result = self.base_layer(x, *args, **kwargs)
+        # Deltas in a wider dtype than the base (fp32 deltas of a bf16 model), or a base layer whose weight only
+        # exists inside its own forward (offloaded): add the deltas' output separately, so the base rows are still
+        # computed exactly as the base layer computes them. The sum is formed in the deltas' precision and rounded
+        # once to the output dtype (as autocast does), not the delta output rounded first and the sum again.
+        base_output = self.base_layer(x, *args, **kwargs)
+        result = base_output
         for adapter in adapters:
             weight = self.kv_tuning_weight[adapter]
-            delta = nn.functional.linear(x.to(weight.dtype), weight, self.kv_tuning_bias.get(adapter))
+            with torch.autocast(x.device.type, enabled=False):  # the delta's output in the delta's precision
+                delta = nn.functional.linear(x.to(weight.dtype), weight, self.kv_tuning_bias.get(adapter))
             rows = self.kv_tuning_rows[adapter].to(result.device)
-            # only the K/V outputs move; every other output element is left untouched
+            # only the K/V outputs move; every other output element is left untouched (x + 0 == x in any dtype)
+            result = result.to(torch.promote_types(result.dtype, delta.dtype))
             result = result.index_add(-1, rows, delta.to(result.dtype))
-        return result
+        return result.to(base_output.dtype)
 
     def _forward_effective_weight(self, x: torch.Tensor, adapters: list[str]) -> torch.Tensor:
         """The base layer's own forward with W + ΔW (K/V rows only): one matmul instead of the base matmul plus a

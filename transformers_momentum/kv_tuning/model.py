@@ -11,7 +11,7 @@ from peft.tuners.tuners_utils import BaseTuner, _ExcludedModule, check_target_mo
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ..architectures import ARCHITECTURES, KVLayout, get_architecture, kv_projections
+from ..architectures import ARCHITECTURES, KVLayout, get_architecture, kv_projections, refuse_encoder_only
 from .config import KVTuningConfig
 from .layer import KVTuningLayer
 
@@ -56,6 +56,7 @@ class KVTuningModel(BaseTuner):
         return peft_config  # resolved against the model itself in _prepare_model
 
     def _prepare_model(self, peft_config: KVTuningConfig, model: nn.Module) -> None:
+        refuse_encoder_only(model)  # before peft's own AttributeError about prepare_inputs_for_generation
         if _explicit_layout(peft_config) is None:
             get_architecture(
                 model
@@ -107,3 +108,10 @@ class KVTuningModel(BaseTuner):
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)  # an additional adapter is not trainable until activated
         self._replace_module(parent, target_name, new_module, target)
+
+    def _replace_module(self, parent, child_name, new_module, child) -> None:
+        super()._replace_module(parent, child_name, new_module, child)
+        # peft moves the new deltas to the base weight's device, which is meta for a projection accelerate offloads
+        # (device_map with "cpu"/"disk" entries): bring them back to where that weight executes.
+        if isinstance(new_module, KVTuningLayer):
+            new_module.place_on_execution_device()

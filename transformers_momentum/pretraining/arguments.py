@@ -7,6 +7,7 @@ flags, as in the `run_clm` examples: ``ModelArguments`` and ``DataArguments`` he
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,10 +62,24 @@ class ModelArguments:
     dropout: float = field(default=0.0, metadata={"help": "embedding, residual and attention dropout"})
 
     def __post_init__(self) -> None:
+        # Every value is checked here, before a tokenizer trains or a model is built.
         if not 0 <= self.momentum_eta < 1:
             raise ValueError(
                 f"momentum_eta must be in [0, 1) (0 = vanilla baseline); got {self.momentum_eta}."
             )
+        if self.learnable_eta and self.momentum_eta == 0:
+            raise ValueError("learnable_eta starts from momentum_eta, so give momentum_eta > 0 (e.g. 0.5).")
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads"):
+            _check_at_least(name, getattr(self, name), 1)
+        if self.intermediate_size is not None:
+            _check_at_least("intermediate_size", self.intermediate_size, 1)
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})."
+            )
+        if not 0 <= self.dropout < 1:  # also refuses nan
+            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}.")
 
 
 @dataclass
@@ -128,3 +143,28 @@ class DataArguments:
             )
         if self.block_size < 2:
             raise ValueError(f"block_size must be at least 2; got {self.block_size}.")
+        if (
+            self.tokenizer is None and self.vocab_size < 258
+        ):  # what `train_bpe_tokenizer` needs, said up front
+            raise ValueError(
+                f"vocab_size must exceed 257 (256 byte symbols + the end-of-text token); got {self.vocab_size}."
+            )
+        _check_at_least("tokenizer_train_chars", self.tokenizer_train_chars, 1)
+        _check_at_least("eval_blocks", self.eval_blocks, 1)
+        for name in ("max_train_chars", "max_validation_chars"):
+            if getattr(self, name) is not None:
+                _check_at_least(name, getattr(self, name), 1)
+        if not self.eval_lengths or min(self.eval_lengths) < 1:
+            raise ValueError(f"eval_lengths must be positive token counts; got {self.eval_lengths}.")
+        for name in ("dataset_name", "dataset_description"):  # they fill the model card: blank is a slip
+            if getattr(self, name) is not None and not getattr(self, name).strip():
+                raise ValueError(f"{name} is empty; describe the corpus or leave it out.")
+        if self.language is not None and not re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*", self.language):
+            raise ValueError(
+                f"language must be a language code such as en or pt-BR (ISO 639); got {self.language!r}."
+            )
+
+
+def _check_at_least(name: str, value: int, least: int) -> None:
+    if value < least:
+        raise ValueError(f"{name} must be at least {least}; got {value}.")

@@ -157,22 +157,24 @@ def _number(value: float) -> str:
 def remote_code_requirement(transformers_requirement: str) -> str | None:
     """What the card says the remote code needs, from this package's transformers requirement.
 
-    ``"transformers>=5.23,<5.25"`` reads "transformers >= 5.23 (CI tests it on 5.23 and on the newest release,
-    5.24)": the remote code uses the same v5 internals as the package, whose range is capped at the newest minor
-    release the test suite runs on.
+    ``"transformers>=5.23"`` reads "transformers >= 5.23 (CI tests it on 5.23 and on 5.25, the newest tested
+    release)": the remote code uses the same v5 internals as the package, tested on the floor and on
+    `compat.NEWEST_TESTED`. A capped range (``"...,<5.25"``) names the newest minor below the cap instead.
     """
     from packaging.requirements import Requirement
     from packaging.version import Version
+
+    from ..compat import NEWEST_TESTED
 
     requirement = Requirement(transformers_requirement)
     floors = [spec.version for spec in requirement.specifier if spec.operator == ">="]
     ceilings = [Version(spec.version) for spec in requirement.specifier if spec.operator == "<"]
     if not floors:
         return None
-    text = f"transformers >= {floors[0]}"
+    newest = Version(NEWEST_TESTED)
     if ceilings and ceilings[0].minor > 0:
-        text += f" (CI tests it on {floors[0]} and on the newest release, {ceilings[0].major}.{ceilings[0].minor - 1})"
-    return text
+        newest = Version(f"{ceilings[0].major}.{ceilings[0].minor - 1}")
+    return f"transformers >= {floors[0]} (CI tests it on {floors[0]} and on {newest.major}.{newest.minor}, the newest tested release)"
 
 
 def _installed_transformers_requirement() -> str | None:

@@ -20,10 +20,38 @@ _UNSUPPORTED_GPT2_OPTIONS = {
 }
 
 
+class ConversionError(ValueError):
+    """A checkpoint that cannot become a MomentumGPT (not a GPT-2, or a GPT-2 option MomentumGPT lacks); the
+    ``convert-gpt2`` command prints it as one line and exits with code 2."""
+
+
+def _field(config, name: str):
+    return config.get(name) if isinstance(config, dict) else getattr(config, name, None)
+
+
+def describe_checkpoint(config) -> str:
+    """``model_type='llama', architectures=['LlamaForCausalLM']``: what a checkpoint says it is."""
+    return f"model_type={_field(config, 'model_type')!r}, architectures={_field(config, 'architectures')!r}"
+
+
+def check_is_gpt2(config) -> None:
+    """Refuse a config (a `PretrainedConfig` or config.json's dict) that is not GPT-2's.
+
+    `GPT2LMHeadModel.from_pretrained` does not: given another model's checkpoint it builds a GPT-2 from the foreign
+    config, reports every GPT-2 weight missing and initialises them randomly, which would then be converted without
+    a word. The model type says what a checkpoint is before any weight is read."""
+    if _field(config, "model_type") != "gpt2":
+        raise ConversionError(
+            f"not a GPT-2 checkpoint: its config says {describe_checkpoint(config)}. convert-gpt2 converts GPT-2 "
+            "(model_type 'gpt2') only; give a GPT-2 checkpoint such as openai-community/gpt2."
+        )
+
+
 def _check_convertible(config: GPT2Config) -> None:
+    check_is_gpt2(config)
     for option, supported in _UNSUPPORTED_GPT2_OPTIONS.items():
         if getattr(config, option, supported) != supported:
-            raise ValueError(
+            raise ConversionError(
                 f"Cannot convert a GPT-2 with {option}={getattr(config, option)!r}; only {supported!r}."
             )
 
@@ -61,7 +89,11 @@ def gpt2_config_to_momentum(config: GPT2Config, momentum_eta: float = 0.0, **ove
 def gpt2_to_momentum_gpt(
     gpt2: GPT2LMHeadModel, momentum_eta: float = 0.0, **config_overrides
 ) -> MomentumGPTForCausalLM:
-    """Build a MomentumGPTForCausalLM holding `gpt2`'s weights (a copy); at eta = 0 its logits equal GPT-2's."""
+    """Build a MomentumGPTForCausalLM holding `gpt2`'s weights (a copy); at eta = 0 its logits equal GPT-2's.
+
+    Raises `ConversionError` for a model that is not a GPT-2 (say, a Llama), instead of reading attributes it lacks.
+    """
+    check_is_gpt2(gpt2.config)
     config = gpt2_config_to_momentum(gpt2.config, momentum_eta, **config_overrides)
     config._attn_implementation = gpt2.config._attn_implementation
     model = MomentumGPTForCausalLM(config).to(dtype=gpt2.dtype)

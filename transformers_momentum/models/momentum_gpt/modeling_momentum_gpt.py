@@ -24,6 +24,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple, is_torchdynamo_compiling
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
@@ -33,6 +34,15 @@ from .configuration_momentum_gpt import MomentumGPTConfig
 # deprecated, removal planned for 5.40); 5.23 knows only the old name. Forwards accept both; our own calls and
 # outputs use the name the installed release expects.
 CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def _deprecate_old_cache_name(forward: Callable) -> Callable:
+    """Warn on `past_key_values=` as transformers' own models do since 5.24 (a `FutureWarning`, none while
+    compiling); on 5.23 it is the release's own name and passes silently."""
+    if CACHE_NAME == "past_key_values":
+        return forward
+    return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache", raise_if_both_names=True)(forward)
+
 
 # --------------------------------------------------------------------------------------------------------------
 # The momentum scan
@@ -240,6 +250,10 @@ class MomentumGPTAttention(nn.Module):
 
         with_momentum = self.config.uses_momentum
         past_length = cache.get_seq_length(self.layer_idx) if with_momentum and cache is not None else 0
+        if isinstance(past_length, torch.Tensor):
+            # A static layer reports its live length counter, which `update()` below increments in place: keep
+            # the length before this step (a reset cache holds 0 tokens, not the ones this step adds).
+            past_length = past_length.clone()
         if cache is not None:
             key_states, value_states = cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)
 
@@ -331,7 +345,13 @@ class MomentumGPTAttention(nn.Module):
         # (static caches, CUDA graphs). `get_recurrent_state` reports a state only once `has_previous_state` is set,
         # which the Cache API does in `update_conv_state`; momentum has no convolution state, so set it here.
         cache.update_recurrent_state(state, self.layer_idx)
-        cache.layers[self.layer_idx].has_previous_state[0] = True
+        layer = cache.layers[self.layer_idx]
+        layer.has_previous_state[0] = True
+        # `crop` cannot roll the momentum back (the state holds only its last value), so the layer must not claim
+        # it can, whatever the release's default: 5.24 derives it from the state (a read-only property), 5.25 made
+        # it a class attribute `True`. Generate then refuses assisted and prompt-lookup decoding clearly.
+        if not isinstance(getattr(type(layer), "is_croppable", None), property):
+            layer.is_croppable = False
 
 
 def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
@@ -339,6 +359,11 @@ def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | No
     if cache is not None and past_key_values is not None:
         raise ValueError("Pass the cache once: `cache` or `past_key_values` (its pre-5.24 name), not both.")
     return cache if cache is not None else past_key_values
+
+
+def _is_exporting() -> bool:
+    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.7
+    return bool(is_exporting and is_exporting())
 
 
 def _logit(p: float) -> float:
@@ -439,6 +464,7 @@ class MomentumGPTModel(MomentumGPTPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
+    @_deprecate_old_cache_name
     @merge_with_config_defaults
     @capture_outputs
     def forward(
@@ -457,6 +483,16 @@ class MomentumGPTModel(MomentumGPTPreTrainedModel):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
+        if given_cache is not None and self.config.uses_momentum and _is_exporting():
+            # An exported program carries the key/value buffers its wrapper registers (ExecuTorch's
+            # `TorchExportableModuleForDecoderOnlyLM` registers keys, values and lengths), never the momentum state,
+            # so from the second token on it would silently drop the momentum. Refuse instead.
+            raise ValueError(
+                "MomentumGPT with momentum (momentum_eta > 0 or learnable_eta) cannot be exported with a cache: the "
+                "exported program would not carry the momentum state between calls and would give wrong logits "
+                "after the first token. Export the cache-free forward (use_cache=False, the whole sequence each "
+                "call) or an eta = 0 model."
+            )
         cache = given_cache
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
@@ -548,6 +584,7 @@ class MomentumGPTForCausalLM(MomentumGPTPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @_deprecate_old_cache_name
     @can_return_tuple
     def forward(
         self,
