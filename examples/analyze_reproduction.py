@@ -22,7 +22,7 @@ def run(argv=None) -> int:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--n-eval", type=int, default=48)
-    parser.add_argument("--seeds", nargs="+", default=["1", "2"])
+    parser.add_argument("--seeds", nargs="+", default=["1", "2", "3", "4", "5"])
     parser.add_argument("--lr-grid", nargs="+", default=["0.0001", "0.001", "0.01"])
     parser.add_argument("--n-tune", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=8)
