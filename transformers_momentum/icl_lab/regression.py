@@ -238,27 +238,16 @@ def evaluate(
         hyperparameters[learner.name] = {str(k): v for k, v in tuned[learner.name].items()}
     aligned = alignment(model, context.align_prompts, context.alignment_ks, weights)
     lrs = {k: context.tuned["gd"][k]["lr"] for k in context.cosine_ks}
-    cosines = update_cosines(
-        model,
-        context.align_prompts,
-        task,
-        context.cosine_ks,
-        lrs,
-        context.iterations,
-        context.n_probe,
-        PROBE_SEED,
-    )
+
+    def cosines_of(probed):  # the trained model and its untrained twin, probed identically
+        return update_cosines(
+            probed, context.align_prompts, task, context.cosine_ks, lrs, context.iterations, context.n_probe,
+            PROBE_SEED,
+        )  # fmt: skip
+
+    cosines = cosines_of(model)
     untrained = build(args, context, job.eta, job.seed).to(next(model.parameters()).device).eval()
-    untrained_cosines = update_cosines(
-        untrained,
-        context.align_prompts,
-        task,
-        context.cosine_ks,
-        lrs,
-        context.iterations,
-        context.n_probe,
-        PROBE_SEED,
-    )
+    untrained_cosines = cosines_of(untrained)
     ood = {
         name: model_curve(model, variant.prompts, task.n_dims).mean(0).tolist()
         for name, variant in context.ood.items()
